@@ -64,11 +64,10 @@ def pullback(dp: torch.Tensor, patch: torch.Tensor, elim: torch.Tensor) -> torch
     """
     n1 = dp.shape[-1]
     loc = local_indices(patch, elim, n1)  # [N, n-1]
-    J = torch.zeros(len(dp), n1 - 2, n1, dtype=CDTYPE)
-    J.scatter_(-1, loc[..., None], 1.0 + 0j)
-    dpj = dp.gather(-1, elim[:, None])  # [N, 1]
-    J.scatter_(-1, elim[:, None, None].expand(-1, n1 - 2, 1), (-dp.gather(-1, loc) / dpj)[..., None])
-    return J
+    onehot_loc = torch.nn.functional.one_hot(loc, n1).to(dp.dtype)  # [N, n-1, n+1]
+    onehot_elim = torch.nn.functional.one_hot(elim, n1).to(dp.dtype)[:, None, :]  # [N, 1, n+1]
+    dz_elim = -dp.gather(-1, loc) / dp.gather(-1, elim[:, None])  # [N, n-1]
+    return onehot_loc + dz_elim[..., None] * onehot_elim
 
 
 def omega_sq(dp: torch.Tensor, elim: torch.Tensor) -> torch.Tensor:

@@ -88,7 +88,7 @@ class Hypersurface:
 
         def grad(zb):
             terms = factor * _monomials(zb, dk)  # [B, T]
-            return torch.zeros(len(zb), self.n + 1, dtype=CDTYPE).index_add_(1, coord, terms)
+            return torch.zeros(len(zb), self.n + 1, dtype=CDTYPE).index_add(1, coord, terms)
 
         return _blocked(grad, z, len(dk))
 
@@ -146,11 +146,11 @@ def _monomials(z: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     out points-last so that picking the factors is a row gather.
     """
     n1, B = z.shape[-1], z.shape[0]
-    table = torch.empty(int(k.max()) + 1, n1, B, dtype=CDTYPE)
-    table[0] = 1
     zt = z.T
-    for e in range(1, table.shape[0]):
-        torch.mul(table[e - 1], zt, out=table[e])
+    powers = [torch.ones_like(zt)]
+    for _ in range(int(k.max())):
+        powers.append(powers[-1] * zt)
+    table = torch.stack(powers)  # [e, n+1, B]
     rows = (k * n1 + torch.arange(n1)).reshape(-1)
     return table.reshape(-1, B).index_select(0, rows).reshape(len(k), n1, B).prod(1).T
 

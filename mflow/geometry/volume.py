@@ -9,6 +9,12 @@ def real_det(g: torch.Tensor) -> torch.Tensor:
     return torch.linalg.det(g).real
 
 
+def log_det(g: torch.Tensor) -> torch.Tensor:
+    """log det of Hermitian positive-definite matrices via Cholesky: [..., d, d] -> [...]."""
+    L = torch.linalg.cholesky(g)
+    return 2 * torch.log(L.diagonal(dim1=-2, dim2=-1).real).sum(-1)
+
+
 def mc_weights(omega_sq: torch.Tensor, det_g_fs: torch.Tensor, intersection_number: float) -> torch.Tensor:
     """w = vol_J |Omega|^2 / det g_FS: [N], [N] -> [N].
 

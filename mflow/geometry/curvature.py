@@ -1,0 +1,78 @@
+"""Ricci form, Ricci scalar and Ricci measure of any Kaehler metric (eq. B.3).
+
+A metric is given as a function ``metric_fn(z, patch, elim) -> g`` of homogeneous points
+z [N, n+1] (complex, z_patch = 1) in fixed charts, returning g_ab [N, n-1, n-1] in the chart's
+local coordinates. Holomorphic derivatives along X are taken along the tangent plane
+z(x) = z_0 + x^a J_a(z_0): for any smooth F on a neighbourhood of X,
+d_a dbar_b (F|_X) = J_aI J*_bJ d_I dbar_J F = d_a dbar_b F(z(x)) at x = 0, since the
+embedding is holomorphic and only its first derivatives J enter.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch.func import grad, jacrev
+
+from . import charts
+from .hypersurface import Hypersurface
+from .volume import log_det
+
+MetricFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def per_point_hessian(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Hessians of a row-wise scalar function: f [N, D] -> [N], x [N, D] -> [N, D, D].
+
+    Rows are independent, so the gradient of sum_i f_i gives every row's gradient at once
+    and one more jacrev (vmapped over the D directions, not over points) gives the Hessians.
+    """
+    H = jacrev(lambda y: grad(lambda u: f(u).sum())(y).sum(0))(x)  # [D, N, D]
+    return H.permute(1, 0, 2)
+
+
+def ddbar_from_real_hessian(H: torch.Tensor) -> torch.Tensor:
+    """d_a dbar_b f = (H_xx + H_yy + i (H_xy - H_yx))_ab / 4 for real coordinates (x, y): [N, 2m, 2m] -> [N, m, m]."""
+    m = H.shape[-1] // 2
+    xx, xy, yx, yy = H[..., :m, :m], H[..., :m, m:], H[..., m:, :m], H[..., m:, m:]
+    return torch.complex(xx + yy, xy - yx) / 4
+
+
+def tangent_ddbar(f: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, J: torch.Tensor) -> torch.Tensor:
+    """d_a dbar_b of a row-wise scalar function f(z) along X: z [N, n+1], J [N, n-1, n+1] -> [N, n-1, n-1]."""
+    m = J.shape[1]
+    J = J.detach() if not J.requires_grad else J
+
+    def along(x):  # x [N, 2m] real -> f(z + x^a J_a)
+        dz = (torch.complex(x[:, :m], x[:, m:])[:, None, :] @ J)[:, 0, :]
+        return f(z + dz)
+
+    x0 = torch.zeros(len(z), 2 * m, dtype=torch.float64)
+    return ddbar_from_real_hessian(per_point_hessian(along, x0))
+
+
+def fs_metric_fn(surface: Hypersurface) -> MetricFn:
+    """The pulled-back Fubini-Study metric as a metric function."""
+
+    def metric(z, patch, elim):
+        J = charts.pullback(surface.gradient(z), patch, elim)
+        return charts.pull_back(J, charts.fs_metric(z))
+
+    return metric
+
+
+def ricci_form(metric_fn: MetricFn, z, patch, elim, J) -> torch.Tensor:
+    """R_ab = -d_a dbar_b log det g (eq. B.3): -> [N, n-1, n-1] complex Hermitian."""
+    return -tangent_ddbar(lambda w: log_det(metric_fn(w, patch, elim)), z, J)
+
+
+def ricci_scalar(g: torch.Tensor, ric: torch.Tensor) -> torch.Tensor:
+    """R = g^{ab} R_ab = Re tr(g^{-1} Ric): [N, m, m] x2 -> [N]."""
+    return torch.linalg.solve(g, ric).diagonal(dim1=-2, dim2=-1).sum(-1).real
+
+
+def ricci_measure(weights, det_g, omega_sq, scalar, dim: int) -> torch.Tensor:
+    """Vol_K^{1/dim} / Vol_CY * mean(w det g / |Omega|^2 |R|), as cymetric reports it."""
+    dvol_k = weights * det_g / omega_sq
+    vol_k, vol_cy = dvol_k.mean(), weights.mean()
+    return vol_k ** (1.0 / dim) / vol_cy * (dvol_k * scalar.abs()).mean()

@@ -1,0 +1,383 @@
+"""Frozen (infinite-width or hand-made) scalar kernels behind one interface (paper sec. 2.3, 3.2).
+
+Every kernel here is a scalar k(x_a, x_b); the metric-NTK it stands for is
+Theta_ijkl(x_a, x_b) = delta_ik delta_jl k(x_a, x_b) (eq. 2.23), so the frozen flow (eq. 2.12)
+dg_ij(x_a)/dt = -sum_b k(x_a, x_b) dl/dg_ij(x_b) is ``kernel.apply(x, x_train, dl_dg)`` with
+dl_dg of shape [N_train, n-1, n-1] (any trailing shape works, real or complex).
+
+Inputs. A point set ``x`` is any of
+  * an object with a ``.z`` attribute (``mflow.geometry.points.CYPoints``),
+  * a complex tensor z [N, n+1] (homogeneous coordinates),
+  * a real tensor [N, D] of features. For points of P^n these are [Re z, Im z] (D = 2(n+1), the
+    network input of REFERENCE.md sec. 2); a kernel that needs z rebuilds z = f[:, :D/2] + i f[:, D/2:].
+Each kernel says which view it uses (``uses = "features"`` for the NTKs, ``"z"`` for the
+FS-distance kernels) and converts with :func:`as_features` / :func:`as_z`, so the same CYPoints can
+be handed to every kernel. Outputs are float64.
+
+Memory. ``matrix`` and ``apply`` loop over [block, block] tiles: ``apply`` never holds more than one
+tile, so k @ v at 100k points costs O(block^2) memory.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from mflow.geometry.distance import fs_distance, nearest_neighbours
+
+DEFAULT_BLOCK = 2048
+Prepared = torch.Tensor | tuple  # a tensor with leading dim N, or a tuple of such
+
+
+# ----------------------------------------------------------------------------- inputs
+def _raw(x) -> torch.Tensor:
+    t = x.z if hasattr(x, "z") else x
+    if not isinstance(t, torch.Tensor):
+        t = torch.as_tensor(t)
+    if t.ndim != 2 or t.shape[0] == 0 or t.shape[1] == 0:
+        raise ValueError(f"points must be a non-empty [N, D] tensor (or CYPoints); got shape {tuple(t.shape)}")
+    if not torch.isfinite(t).all():
+        raise ValueError("points contain NaN or inf")
+    return t
+
+
+def as_features(x) -> torch.Tensor:
+    """Real network input [N, D] float64: [Re z, Im z] for CYPoints / complex z, real tensors as is."""
+    t = _raw(x)
+    if t.is_complex():
+        return torch.cat([t.real, t.imag], -1).to(torch.float64)
+    return t.to(torch.float64)
+
+
+def as_z(x) -> torch.Tensor:
+    """Homogeneous coordinates z [N, n+1] complex128; real features [Re z, Im z] are recombined."""
+    t = _raw(x)
+    if not t.is_complex():
+        if t.shape[1] % 2:
+            raise ValueError(f"real features [Re z, Im z] need an even width, got {t.shape[1]}")
+        k = t.shape[1] // 2
+        t = torch.complex(t[:, :k].double(), t[:, k:].double())
+    t = t.to(torch.complex128)
+    if (torch.linalg.vector_norm(t, dim=-1) == 0).any():
+        raise ValueError("z = 0 is not a point of P^n")
+    return t
+
+
+def _rows(p: Prepared, sl: slice) -> Prepared:
+    return tuple(_rows(q, sl) for q in p) if isinstance(p, tuple) else p[sl]
+
+
+def _len(p: Prepared) -> int:
+    return _len(p[0]) if isinstance(p, tuple) else len(p)
+
+
+def _check_block(block: int) -> int:
+    if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+        raise ValueError(f"block must be a positive integer, got {block!r}")
+    return block
+
+
+def _positive(name: str, value, allow_zero: bool = False) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a real number, got {value!r}") from None
+    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        raise ValueError(f"{name} must be finite and {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return v
+
+
+def _rhs(v: torch.Tensor, nb: int) -> torch.Tensor:
+    v = torch.as_tensor(v)
+    if v.ndim == 0 or v.shape[0] != nb:
+        raise ValueError(f"v must have leading dimension N_b = {nb}, got shape {tuple(v.shape)}")
+    return v.to(torch.complex128 if v.is_complex() else torch.float64)
+
+
+# ----------------------------------------------------------------------------- base class
+class Kernel:
+    """A scalar kernel k(x_a, x_b) as [Na, Nb] float64 blocks (metric-NTK = delta delta k, eq. 2.23).
+
+    Subclasses implement ``_block(pa, pb)`` on prepared inputs (``prepare(x)``: features or z).
+    """
+
+    uses: str = "features"  # which view of the points: "features" or "z"
+
+    def prepare(self, x) -> Prepared:
+        return as_z(x) if self.uses == "z" else as_features(x)
+
+    def _block(self, pa: Prepared, pb: Prepared) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def block(self, xa, xb) -> torch.Tensor:
+        """k(x_a, x_b) in one piece: [Na, Nb] float64 (small inputs only)."""
+        return self._block(self.prepare(xa), self.prepare(xb))
+
+    __call__ = block
+
+    def _tiles(self, pa: Prepared, pb: Prepared, block: int):
+        na, nb = _len(pa), _len(pb)
+        for i in range(0, na, block):
+            ra = _rows(pa, slice(i, i + block))
+            for j in range(0, nb, block):
+                yield i, j, self._block(ra, _rows(pb, slice(j, j + block)))
+
+    def matrix(self, xa, xb=None, block: int = DEFAULT_BLOCK) -> torch.Tensor:
+        """Full kernel matrix [Na, Nb] (xb defaults to xa), assembled from [block, block] tiles."""
+        _check_block(block)
+        pa = self.prepare(xa)
+        pb = pa if xb is None else self.prepare(xb)
+        out = torch.empty(_len(pa), _len(pb), dtype=torch.float64)
+        for i, j, k in self._tiles(pa, pb, block):
+            out[i : i + k.shape[0], j : j + k.shape[1]] = k
+        return out
+
+    def apply(self, xa, xb, v: torch.Tensor, block: int = DEFAULT_BLOCK) -> torch.Tensor:
+        """sum_b k(x_a, x_b) v_b: v [Nb, ...] -> [Na, ...], one [block, block] tile in memory at a time.
+
+        With v = dl/dg [Nb, n-1, n-1] this is minus the frozen flow's right-hand side (eq. 2.12, 2.23).
+        """
+        _check_block(block)
+        pa, pb = self.prepare(xa), self.prepare(xb)
+        v = _rhs(v, _len(pb))
+        flat = v.reshape(len(v), -1)
+        out = torch.zeros(_len(pa), flat.shape[1], dtype=flat.dtype)
+        for i, j, k in self._tiles(pa, pb, block):
+            out[i : i + k.shape[0]] += k.to(flat.dtype) @ flat[j : j + k.shape[1]]
+        return out.reshape(_len(pa), *v.shape[1:])
+
+
+# ----------------------------------------------------------------------------- ReLU NTK
+@dataclass(frozen=True)
+class ReluNTK(Kernel):
+    """Infinite-width NTK of ``MLP(d_in, 1, depth, width, 'relu', 'ntk', sigma_w, sigma_b)``.
+
+    neural-tangents convention (REFERENCE.md sec. 3): S0 = x.x'/d_in, T0 = 0; per dense layer
+    S <- sw^2 S + sb^2, T <- S + sw^2 T; per ReLU (c = arccos(S12/sqrt(S11 S22)))
+    S <- sqrt(S11 S22)(sin c + (pi - c) cos c)/(2 pi), T <- T (pi - c)/(2 pi); ``depth`` hidden
+    layers, then the dense read-out. Inputs: real features [N, d_in].
+    """
+
+    depth: int = 1
+    sigma_w: float = 1.0
+    sigma_b: float = 0.0
+
+    def __post_init__(self):
+        if isinstance(self.depth, bool) or not isinstance(self.depth, int) or self.depth < 1:
+            raise ValueError(f"depth must be an integer >= 1, got {self.depth!r}")
+        object.__setattr__(self, "sigma_w", _positive("sigma_w", self.sigma_w))
+        object.__setattr__(self, "sigma_b", _positive("sigma_b", self.sigma_b, allow_zero=True))
+
+    def _block(self, xa, xb):
+        d = xa.shape[1]
+        if xb.shape[1] != d:
+            raise ValueError(f"feature widths differ: {d} vs {xb.shape[1]}")
+        sw2, sb2 = self.sigma_w**2, self.sigma_b**2
+        s12 = xa @ xb.T / d  # [Na, Nb]
+        s11, s22 = (xa * xa).sum(1) / d, (xb * xb).sum(1) / d  # [Na], [Nb]
+        t = torch.zeros_like(s12)
+        for layer in range(self.depth + 1):
+            s12, s11, s22 = sw2 * s12 + sb2, sw2 * s11 + sb2, sw2 * s22 + sb2
+            t = s12 + sw2 * t
+            if layer == self.depth:  # read-out: no nonlinearity
+                break
+            norm = torch.sqrt(s11[:, None] * s22[None, :])
+            cos = torch.where(norm > 0, s12 / norm.clamp(min=torch.finfo(norm.dtype).tiny), 1.0).clamp(-1.0, 1.0)
+            c = torch.arccos(cos)
+            t = t * (math.pi - c) / (2 * math.pi)
+            s12 = norm * (torch.sin(c) + (math.pi - c) * cos) / (2 * math.pi)
+            s11, s22 = s11 / 2, s22 / 2
+        return t
+
+
+# ----------------------------------------------------------------------------- cosine net
+def normalising_amplitude(sigma_w: float, d: int) -> float:
+    """A with (A^2/2) * integral of exp(-sigma_w^2 |x|^2/(2d)) d^dx = 1: A = sqrt(2) (sigma_w^2/(2 pi d))^(d/4).
+
+    The paper's eq. 2.36 prints 2^(1/4) (sigma_w/sqrt(2 pi d))^(d/4), which is the square root of
+    this value (its A^2 equals our A); with it the kernel would not integrate to 1. We use the value
+    that makes eq. 2.35 the normalised Gaussian of width sqrt(d)/sigma_w stated in eq. 2.37.
+    """
+    sigma_w = _positive("sigma_w", sigma_w)
+    return math.sqrt(2.0) * (sigma_w**2 / (2 * math.pi * d)) ** (d / 4)
+
+
+@dataclass(frozen=True)
+class CosineNTK(Kernel):
+    """eq. 2.35: (A^2/2) exp(-sigma_w^2 |x - x'|^2 / (2d)), the large-N NTK of :class:`CosineNet` w.r.t. a.
+
+    ``amplitude=None`` takes A from :func:`normalising_amplitude` (eq. 2.36, corrected), making k a
+    normalised Gaussian of width sqrt(d)/sigma_w (eq. 2.37). Inputs: real features [N, d].
+    """
+
+    sigma_w: float = 1.0
+    d: int = 1
+    amplitude: float | None = None
+
+    def __post_init__(self):
+        if isinstance(self.d, bool) or not isinstance(self.d, int) or self.d < 1:
+            raise ValueError(f"d must be an integer >= 1, got {self.d!r}")
+        object.__setattr__(self, "sigma_w", _positive("sigma_w", self.sigma_w))
+        a = normalising_amplitude(self.sigma_w, self.d) if self.amplitude is None else _positive("amplitude", self.amplitude)
+        object.__setattr__(self, "amplitude", a)
+
+    @property
+    def width(self) -> float:
+        """Gaussian width sigma = sqrt(d)/sigma_w (eq. 2.37)."""
+        return math.sqrt(self.d) / self.sigma_w
+
+    def _block(self, xa, xb):
+        if xa.shape[1] != self.d or xb.shape[1] != self.d:
+            raise ValueError(f"CosineNTK(d={self.d}) got inputs of width {xa.shape[1]} and {xb.shape[1]}")
+        sq = torch.cdist(xa, xb, compute_mode="donot_use_mm_for_euclid_dist") ** 2
+        return self.amplitude**2 / 2 * torch.exp(-(self.sigma_w**2) * sq / (2 * self.d))
+
+
+class CosineNet(nn.Module):
+    """Random-feature cosine net (eq. 2.32): phi(x) = A/sqrt(N) sum_i a_i cos(w_i . x + b_i), [..., d] -> [...].
+
+    a ~ N(0, sigma_a^2) is the only trainable parameter (w ~ N(0, sigma_w^2/d), b ~ U(-pi, pi) are
+    frozen buffers), so its empirical NTK is eq. 2.33 and tends to :class:`CosineNTK` (eq. 2.35) as
+    N -> infinity. Note: eq. 2.32 as printed puts the sum over j outside the cosine; that form's NTK
+    is a sum of 1-d Gaussians plus cross terms, not eq. 2.35. The inner product w_i . x (random
+    Fourier features) is what gives eq. 2.35, and is what we implement (identical for d = 1).
+    """
+
+    def __init__(self, d: int, width: int, sigma_w: float = 1.0, sigma_a: float = 1.0,
+                 amplitude: float | None = None, generator: torch.Generator | None = None):
+        super().__init__()
+        if d < 1 or width < 1:
+            raise ValueError(f"d and width must be >= 1, got d={d}, width={width}")
+        sigma_w, sigma_a = _positive("sigma_w", sigma_w), _positive("sigma_a", sigma_a)
+        self.amplitude = normalising_amplitude(sigma_w, d) if amplitude is None else _positive("amplitude", amplitude)
+        self.width = width
+        g = generator
+        self.a = nn.Parameter(sigma_a * torch.randn(width, dtype=torch.float64, generator=g))
+        self.register_buffer("w", sigma_w / math.sqrt(d) * torch.randn(width, d, dtype=torch.float64, generator=g))
+        self.register_buffer("b", (2 * torch.rand(width, dtype=torch.float64, generator=g) - 1) * math.pi)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """d phi / d a_i = A/sqrt(N) cos(w_i . x + b_i): [..., d] -> [..., N]."""
+        return self.amplitude / math.sqrt(self.width) * torch.cos(x @ self.w.T + self.b)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x) @ self.a
+
+
+# ----------------------------------------------------------------------------- FS-distance kernels
+@dataclass(frozen=True)
+class GaussianFS(Kernel):
+    """eq. 3.5: exp(-d_FS(x, x') / (2 sigma)); ``squared=True``: exp(-d_FS^2 / (2 sigma^2)).
+
+    d_FS is the FS geodesic distance (eq. 3.2, mflow.geometry.distance: exact at d = 0, so no
+    threshold is needed; ``zero_below`` reproduces the paper's cut-off of eq. 3.4 if wanted).
+    Inputs: z (CYPoints, complex z, or [Re z, Im z]).
+    """
+
+    sigma: float = 1.0
+    squared: bool = False
+    zero_below: float = 0.0
+
+    uses = "z"
+
+    def __post_init__(self):
+        object.__setattr__(self, "sigma", _positive("sigma", self.sigma))
+        object.__setattr__(self, "zero_below", _positive("zero_below", self.zero_below, allow_zero=True))
+
+    def _block(self, za, zb):
+        d = fs_distance(za[:, None, :], zb[None, :, :])
+        if self.zero_below > 0:
+            d = torch.where(d < self.zero_below, 0.0, d)
+        return torch.exp(-(d**2) / (2 * self.sigma**2)) if self.squared else torch.exp(-d / (2 * self.sigma))
+
+
+class DeltaKernel(Kernel):
+    """k(x_a, x_b) = 1 if x_b is the FS-nearest point of {x_b} to x_a, else 0 (REFERENCE.md sec. 3).
+
+    Not symmetric: rows are query (test) points, columns are train points, and each row has exactly
+    one 1, so ``apply(x_test, x_train, v) = v[nearest]``: a test point takes the update of its
+    nearest train point. On the train set itself (xa = xb) it is the identity (each point is its own
+    nearest neighbour; exact duplicates go to the first copy). The nearest point is always taken
+    over all of xb, so ``matrix`` / ``apply`` do not depend on ``block``. Inputs: z.
+    """
+
+    uses = "z"
+
+    def __repr__(self):
+        return "DeltaKernel()"
+
+    def _nearest(self, za, zb):
+        return nearest_neighbours(za, zb)[1]
+
+    def _block(self, za, zb):
+        idx = self._nearest(za, zb)
+        out = torch.zeros(len(za), len(zb), dtype=torch.float64)
+        out[torch.arange(len(za)), idx] = 1.0
+        return out
+
+    def matrix(self, xa, xb=None, block: int = DEFAULT_BLOCK) -> torch.Tensor:
+        _check_block(block)
+        za = self.prepare(xa)
+        zb = za if xb is None else self.prepare(xb)
+        return self._block(za, zb)
+
+    def apply(self, xa, xb, v, block: int = DEFAULT_BLOCK) -> torch.Tensor:
+        _check_block(block)
+        za, zb = self.prepare(xa), self.prepare(xb)
+        return _rhs(v, len(zb))[self._nearest(za, zb)]
+
+
+# ----------------------------------------------------------------------------- rescaling trick
+class Scaled(Kernel):
+    """Rescaling trick (eq. 2.15-2.16): phi~ = h phi has kernel h(x) h(x') k(x, x').
+
+    ``h`` maps a point set (whatever the caller passes: CYPoints or tensor) to [N] real values,
+    e.g. det(g)^(-1/4) for the volume factor of eq. 2.28. Works around any kernel, DeltaKernel too.
+    """
+
+    def __init__(self, kernel: Kernel, h: Callable[[object], torch.Tensor]):
+        if not isinstance(kernel, Kernel):
+            raise ValueError(f"Scaled needs a Kernel, got {type(kernel).__name__}")
+        if not callable(h):
+            raise ValueError("h must be callable: points -> [N] tensor")
+        self.kernel, self.h = kernel, h
+
+    def __repr__(self):
+        return f"Scaled({self.kernel!r}, h={getattr(self.h, '__name__', self.h)!r})"
+
+    def _h(self, x) -> torch.Tensor:
+        n = len(_raw(x))
+        h = torch.as_tensor(self.h(x)).to(torch.float64).reshape(-1)
+        if h.shape != (n,) or not torch.isfinite(h).all():
+            raise ValueError(f"h(x) must be {n} finite values, got shape {tuple(h.shape)}")
+        return h
+
+    def block(self, xa, xb):
+        return self._h(xa)[:, None] * self.kernel.block(xa, xb) * self._h(xb)[None, :]
+
+    __call__ = block
+
+    def matrix(self, xa, xb=None, block: int = DEFAULT_BLOCK):
+        hb = self._h(xa if xb is None else xb)
+        return self._h(xa)[:, None] * self.kernel.matrix(xa, xb, block) * hb[None, :]
+
+    def apply(self, xa, xb, v, block: int = DEFAULT_BLOCK):
+        hb = self._h(xb)
+        v = _rhs(v, len(hb))
+        shape = (-1,) + (1,) * (v.ndim - 1)
+        out = self.kernel.apply(xa, xb, hb.reshape(shape) * v, block)
+        return self._h(xa).reshape(shape) * out
+
+
+# ----------------------------------------------------------------------------- registry
+KERNELS = {"relu": ReluNTK, "cosine": CosineNTK, "gaussian": GaussianFS, "delta": DeltaKernel}
+
+
+def kernel(name: str, **params) -> Kernel:
+    """A kernel by name (relu, cosine, gaussian, delta), e.g. kernel('gaussian', sigma=30.0) (Table 1)."""
+    if name not in KERNELS:
+        raise ValueError(f"unknown kernel {name!r}; choose one of {sorted(KERNELS)}")
+    return KERNELS[name](**params)

@@ -1,0 +1,237 @@
+"""Geometry checked against independent computations (closed forms, finite differences, MC)."""
+import math
+
+import pytest
+import torch
+
+from mflow.geometry import charts, curvature, distance, volume
+from mflow.geometry.hypersurface import Hypersurface, NotCalabiYauError, dwork, fermat, manifold, random_cy
+from mflow.geometry.points import sample
+
+SURFACES = {
+    "quintic": lambda: manifold("fermat_quintic"),
+    "quartic": lambda: manifold("fermat_quartic"),
+    "cubic": lambda: manifold("fermat_cubic"),
+    "dwork": lambda: dwork(0.3 + 0.1j),
+    "random": lambda: random_cy(4, seed=3),
+}
+
+
+# ---------------------------------------------------------------- polynomial
+def test_refuses_non_cy_polynomials():
+    with pytest.raises(NotCalabiYauError, match="not homogeneous"):
+        Hypersurface(torch.tensor([[5, 0, 0, 0, 0], [1, 1, 0, 0, 0]]), torch.ones(2))
+    with pytest.raises(NotCalabiYauError, match="not Calabi-Yau"):
+        Hypersurface(4 * torch.eye(5, dtype=torch.int64), torch.ones(5))
+    with pytest.raises(NotCalabiYauError, match="singular"):
+        dwork(1.0)
+    with pytest.raises(ValueError, match="unknown manifold"):
+        manifold("quintic3000")
+
+
+def test_singular_point_is_refused():
+    # z0^4 z1 + z1^4 z2 ... is fine, but z0^5 alone is singular everywhere on X
+    cone = Hypersurface(torch.tensor([[5, 0, 0, 0, 0]]), torch.ones(1))
+    with pytest.raises(NotCalabiYauError, match="singular"):
+        cone.check_smooth_at(torch.tensor([[0, 1, 2, 3, 4]], dtype=torch.complex128))
+
+
+@pytest.mark.parametrize("name", SURFACES)
+def test_gradient_matches_complex_finite_differences(name):
+    X = SURFACES[name]()
+    z = torch.randn(7, X.n + 1, dtype=torch.complex128)
+    h = 1e-6
+    eye = torch.eye(X.n + 1, dtype=torch.complex128)
+    fd = torch.stack([(X(z + h * eye[i]) - X(z - h * eye[i])) / (2 * h) for i in range(X.n + 1)], -1)
+    assert torch.allclose(X.gradient(z), fd, rtol=1e-7, atol=1e-7)
+
+
+# ---------------------------------------------------------------- sampling
+@pytest.mark.parametrize("name", SURFACES)
+def test_sampled_points_lie_on_x(name):
+    X = SURFACES[name]()
+    P = sample(X, 2000, seed=1)
+    assert len(P) == 2000
+    assert float(X.residual(P.z).max()) < 1e-10
+    assert torch.all(P.z.gather(-1, P.patch[:, None]) == 1)
+    assert torch.all(P.z.abs() <= 1 + 1e-15)
+
+
+def test_fs_sigma_and_kappa_of_the_quintic(quintic):
+    """Published FS figures (REFERENCE.md section 5): sigma ~0.372-0.375, kappa ~0.01764."""
+    P = sample(quintic, 100_000, seed=0)
+    det = volume.real_det(P.g_fs)
+    # MC volume of J^3 in cymetric's normalisation is the intersection number
+    assert torch.allclose((P.weights * det / P.omega_sq).mean(), torch.tensor(5.0, dtype=torch.float64))
+    k = volume.kappa(P.weights, det, P.omega_sq)
+    assert abs(float(k) / 0.01764 - 1) < 0.01
+    assert abs(float(volume.sigma(P.weights, det, P.omega_sq)) - 0.372) < 0.006
+    eta = volume.eta(det, P.omega_sq, k)
+    assert torch.allclose((P.weights * eta).sum() / P.weights.sum(), torch.tensor(1.0, dtype=torch.float64))
+
+
+def test_sigma_vanishes_when_eta_is_one():
+    w = torch.rand(50, dtype=torch.float64)
+    om = torch.rand(50, dtype=torch.float64) + 0.5
+    assert float(volume.sigma(w, 3.0 * om, om)) < 1e-15
+
+
+# ---------------------------------------------------------------- charts, pullback, FS metric
+def _local_chart_map(X, z0, patch, elim):
+    """x (complex local coordinates, [K, n-1]) -> z on X, eliminated coordinate by Newton."""
+    loc = charts.local_indices(patch[None], elim[None], X.n + 1)[0]
+
+    def z_of(x):
+        z = z0.expand(len(x), -1).clone()
+        z[:, loc] = z0[loc] + x
+        for _ in range(30):
+            z[:, elim] = z[:, elim] - X(z) / X.gradient(z)[:, elim]
+        return z
+
+    return z_of
+
+
+def _fd_ddbar(F, m, h=1e-4):
+    """d_a dbar_b F at x = 0 by central differences over the 2m real coordinates."""
+    D = 2 * m
+    E = torch.eye(D, dtype=torch.float64) * h
+    shifts = []
+    for i in range(D):
+        for j in range(D):
+            shifts += [E[i] + E[j], E[i] - E[j], -E[i] + E[j], -E[i] - E[j]]
+    x = torch.stack(shifts)
+    vals = F(torch.complex(x[:, :m], x[:, m:])).reshape(D, D, 4)
+    H = (vals[..., 0] - vals[..., 1] - vals[..., 2] + vals[..., 3]) / (4 * h * h)
+    return curvature.ddbar_from_real_hessian(H[None])[0]
+
+
+def test_pullback_is_tangent(quintic):
+    P = sample(quintic, 500, seed=2)
+    assert float((P.pullback @ quintic.gradient(P.z)[..., None]).abs().max()) < 1e-12
+
+
+def test_ambient_fs_metric_is_ddbar_of_kaehler_potential():
+    z = torch.randn(20, 5, dtype=torch.complex128)
+    K = lambda x: torch.log((torch.complex(x[:, :5], x[:, 5:]).abs() ** 2).sum(-1)) / math.pi
+    H = curvature.per_point_hessian(K, torch.cat([z.real, z.imag], -1))
+    assert torch.allclose(curvature.ddbar_from_real_hessian(H), charts.fs_metric(z), atol=1e-13)
+
+
+@pytest.mark.parametrize("name", ["quintic", "quartic", "random"])
+def test_pulled_back_fs_metric_matches_finite_differences_along_x(name):
+    X = SURFACES[name]()
+    P = sample(X, 4, seed=5)
+    for i in range(len(P)):
+        z_of = _local_chart_map(X, P.z[i], P.patch[i], P.elim[i])
+        K = lambda x: torch.log((z_of(x).abs() ** 2).sum(-1)) / math.pi
+        g_fd = _fd_ddbar(K, X.dim)
+        assert torch.allclose(P.g_fs[i], g_fd, rtol=1e-5, atol=1e-7)
+
+
+def _other_chart(X, z):
+    """For each point, the valid chart (patch, elim) that is second best by |z_patch|."""
+    patch = z.abs().topk(2, -1).indices[:, 1]
+    z = charts.to_patch(z, patch)
+    dp = X.gradient(z)
+    return z, dp, patch, charts.eliminated_coordinate(dp, patch)
+
+
+def test_weights_eta_and_metric_transform_between_charts(quintic):
+    P = sample(quintic, 300, seed=7)
+    z2, dp2, patch2, elim2 = _other_chart(quintic, P.z)
+    J2 = charts.pullback(dp2, patch2, elim2)
+    g2 = charts.pull_back(J2, charts.fs_metric(z2))
+    om2 = charts.omega_sq(dp2, elim2)
+    w2 = volume.mc_weights(om2, volume.real_det(g2), quintic.degree)
+    assert torch.allclose(w2, P.weights, rtol=1e-9)
+    det1, det2 = volume.real_det(P.g_fs), volume.real_det(g2)
+    assert torch.allclose(volume.eta(det2, om2, 1.0), volume.eta(det1, P.omega_sq, 1.0), rtol=1e-9)
+    # a (1,1)-tensor moves with T = dx^old/dx^new
+    loc1 = charts.local_indices(P.patch, P.elim, 5)
+    T = charts.chart_jacobian(z2, J2, P.patch, loc1)
+    assert torch.allclose(T @ P.g_fs @ T.conj().transpose(-1, -2), g2, rtol=1e-9, atol=1e-12)
+
+
+# ---------------------------------------------------------------- curvature
+@pytest.mark.parametrize("name", ["quintic", "quartic"])
+def test_fs_ricci_form_matches_finite_differences(name):
+    X = SURFACES[name]()
+    P = sample(X, 3, seed=11)
+    ric = curvature.ricci_form(curvature.fs_metric_fn(X), P.z, P.patch, P.elim, P.pullback)
+    assert torch.allclose(ric, ric.conj().transpose(-1, -2), atol=1e-12)
+    for i in range(len(P)):
+        z_of = _local_chart_map(X, P.z[i], P.patch[i], P.elim[i])
+
+        def logdet(x):
+            z = z_of(x)
+            n = len(z)
+            J = charts.pullback(X.gradient(z), P.patch[i].expand(n), P.elim[i].expand(n))
+            return volume.log_det(charts.pull_back(J, charts.fs_metric(z)))
+
+        assert torch.allclose(ric[i], -_fd_ddbar(logdet, X.dim), rtol=1e-4, atol=1e-5)
+
+
+def test_flat_metric_on_the_cubic_curve_is_ricci_flat():
+    """On a torus |Omega|^2 dz dzbar is the exact flat CY metric: its Ricci form vanishes."""
+    X = manifold("fermat_cubic")
+    P = sample(X, 500, seed=0)
+    flat = lambda z, patch, elim: charts.omega_sq(X.gradient(z), elim).to(torch.complex128)[:, None, None]
+    ric = curvature.ricci_form(flat, P.z, P.patch, P.elim, P.pullback)
+    scale = curvature.ricci_form(curvature.fs_metric_fn(X), P.z, P.patch, P.elim, P.pullback).abs().max()
+    assert float(ric.abs().max()) < 1e-10 * float(scale)
+
+
+def test_ricci_scalar_of_a_round_sphere():
+    """P^1 with g = (1/pi) / (1 + |w|^2)^2 (potential (1/pi) log|z|^2) is Einstein: Ric = 2 pi g, R = 2 pi."""
+    z = torch.randn(30, 2, dtype=torch.complex128)
+    w = torch.zeros(30, 2, dtype=torch.float64)
+    base = z[:, 1] / z[:, 0]
+
+    def logg(x):
+        ww = base + torch.complex(x[:, 0], x[:, 1])
+        return torch.log(1 / (math.pi * (1 + ww.abs() ** 2) ** 2))
+
+    ric = -curvature.ddbar_from_real_hessian(curvature.per_point_hessian(logg, w))[:, 0, 0]
+    g = 1 / (math.pi * (1 + base.abs() ** 2) ** 2)
+    assert torch.allclose(ric.real, 2 * math.pi * g, rtol=1e-10)
+    assert torch.allclose(curvature.ricci_scalar(g[:, None, None].to(torch.complex128), ric[:, None, None]),
+                          torch.full((30,), 2 * math.pi, dtype=torch.float64))
+
+
+# ---------------------------------------------------------------- FS distance
+def test_fs_distance_properties():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(200, 5, dtype=torch.complex128, generator=g)
+    w = torch.randn(200, 5, dtype=torch.complex128, generator=g)
+    v = torch.randn(200, 5, dtype=torch.complex128, generator=g)
+    assert torch.all(distance.fs_distance(z, z) == 0)
+    lam = torch.complex(torch.randn(200, 1, dtype=torch.float64), torch.randn(200, 1, dtype=torch.float64))
+    assert torch.allclose(distance.fs_distance(z, w), distance.fs_distance(w, z), atol=1e-15)
+    assert torch.allclose(distance.fs_distance(lam * z, w), distance.fs_distance(z, w), atol=1e-14)
+    d = distance.fs_distance
+    assert torch.all(d(z, v) <= d(z, w) + d(w, v) + 1e-14)
+    cos = ((z.conj() * w).sum(-1).abs() / (z.norm(dim=-1) * w.norm(dim=-1)))
+    assert torch.allclose(d(z, w), torch.arccos(cos), atol=1e-12)
+    assert float(d(z, w).max()) <= math.pi / 2
+
+
+def test_fs_distance_is_exact_near_zero():
+    u = torch.tensor([[1, 0, 0, 0, 0]], dtype=torch.complex128)
+    v = torch.tensor([[0, 1j, 0, 0, 0]], dtype=torch.complex128)
+    for t in [1e-3, 1e-7, 1e-11]:
+        w = math.cos(t) * u + math.sin(t) * v
+        assert abs(float(distance.fs_distance(u * (2 - 1j), w)) / t - 1) < 1e-8
+
+
+def test_blocked_distances_and_nearest_neighbours():
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(300, 5, dtype=torch.complex128, generator=g)
+    full = distance.fs_distance(z[:, None], z[None])
+    assert torch.allclose(distance.fs_distance_matrix(z, block=64), full)
+    d, idx = distance.nearest_neighbours(z, block=70)
+    ref = full + torch.diag(torch.full((300,), 10.0, dtype=torch.float64))
+    assert torch.equal(idx, ref.argmin(-1))
+    assert torch.allclose(d, ref.min(-1).values)
+    w = z[:50] * 1.7j
+    d2, idx2 = distance.nearest_neighbours(w, z)
+    assert torch.equal(idx2, torch.arange(50)) and float(d2.max()) < 1e-7
