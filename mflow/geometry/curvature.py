@@ -41,7 +41,6 @@ def ddbar_from_real_hessian(H: torch.Tensor) -> torch.Tensor:
 def tangent_ddbar(f: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, J: torch.Tensor) -> torch.Tensor:
     """d_a dbar_b of a row-wise scalar function f(z) along X: z [N, n+1], J [N, n-1, n+1] -> [N, n-1, n-1]."""
     m = J.shape[1]
-    J = J.detach() if not J.requires_grad else J
 
     def along(x):  # x [N, 2m] real -> f(z + x^a J_a)
         dz = (torch.complex(x[:, :m], x[:, m:])[:, None, :] @ J)[:, 0, :]
@@ -49,6 +48,28 @@ def tangent_ddbar(f: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, J:
 
     x0 = torch.zeros(len(z), 2 * m, dtype=torch.float64)
     return ddbar_from_real_hessian(per_point_hessian(along, x0))
+
+
+def tangent_del(f: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, J: torch.Tensor) -> torch.Tensor:
+    """Holomorphic derivatives d_a f along X of a row-wise function: f(z) [N, *S] -> [N, *S, n-1] complex.
+
+    d_a = (d/dx_a - i d/dy_a) / 2 applied to the real Jacobian along z(x) = z + x^a J_a.
+    """
+    m = J.shape[1]
+
+    def along(x):
+        return f(z + (torch.complex(x[:, :m], x[:, m:])[:, None, :] @ J)[:, 0, :])
+
+    x0 = torch.zeros(len(z), 2 * m, dtype=torch.float64)
+    out = f(z)
+    as_real = (lambda y: torch.view_as_real(y)) if out.is_complex() else (lambda y: y)
+    real_shape = as_real(out).shape[1:]
+    jac = jacrev(lambda x: as_real(along(x)).sum(0))(x0)  # [*S_real, N, 2m]
+    jac = jac.reshape(-1, len(z), 2 * m).permute(1, 0, 2).reshape(len(z), *real_shape, 2 * m)
+    d = (jac[..., :m] - 1j * jac[..., m:]) / 2  # d_a of each real component
+    if out.is_complex():
+        d = d[..., 0, :] + 1j * d[..., 1, :]
+    return d
 
 
 def fs_metric_fn(surface: Hypersurface) -> MetricFn:

@@ -194,21 +194,32 @@ def random_cy(n: int = 4, seed: int = 0) -> Hypersurface:
     return Hypersurface(k, c, "random", {"n": n, "seed": seed})
 
 
-PRESETS = {
-    "fermat_quintic": lambda **kw: _named(fermat(4), "fermat_quintic"),
-    "fermat_quartic": lambda **kw: _named(fermat(3), "fermat_quartic"),
-    "fermat_cubic": lambda **kw: _named(fermat(2), "fermat_cubic"),
-    "dwork": lambda psi=0.0, **kw: dwork(psi),
-    "random": lambda n=4, seed=0, **kw: random_cy(n, seed),
-}
+PRESETS = ("fermat_quintic", "fermat_quartic", "fermat_cubic", "dwork", "random")
+
+
+def manifold(name: str, **params) -> Hypersurface:
+    """A preset by name: fermat_quintic, fermat_quartic, fermat_cubic, dwork (psi), random (n, seed)."""
+    if name == "fermat_quintic":
+        return _named(fermat(4), name)
+    if name == "fermat_quartic":
+        return _named(fermat(3), name)
+    if name == "fermat_cubic":
+        return _named(fermat(2), name)
+    if name == "dwork":
+        return dwork(**params)
+    if name == "random":
+        return random_cy(**params)
+    raise ValueError(f"unknown manifold {name!r}; choose one of {PRESETS}")
 
 
 def _named(h: Hypersurface, name: str) -> Hypersurface:
     return Hypersurface(h.monomials, h.coefficients, name, {})
 
 
-def manifold(name: str, **params) -> Hypersurface:
-    """A preset by name: fermat_quintic, fermat_quartic, fermat_cubic, dwork(psi), random(n, seed)."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown manifold {name!r}; choose one of {sorted(PRESETS)}")
-    return PRESETS[name](**params)
+def surface_from_args(manifold_name: str, psi: float = 0.0, ambient_n: int = 4, surface_seed: int = 0) -> Hypersurface:
+    """The hypersurface a config names: presets take only the parameters that apply to them."""
+    if manifold_name == "dwork":
+        return manifold("dwork", psi=psi)
+    if manifold_name == "random":
+        return manifold("random", n=ambient_n, seed=surface_seed)
+    return manifold(manifold_name)

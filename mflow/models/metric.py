@@ -1,0 +1,120 @@
+"""Metric models: a network plus a head that turns its outputs into g_ab on X (REFERENCE.md section 2).
+
+Every model is a metric function ``model(z, patch, elim) -> g [N, n-1, n-1]`` of homogeneous
+points z [N, n+1] (z_patch = 1) in fixed charts, differentiable in z, so curvature and the
+Kaehler, transition and Ricci losses apply to any head. The pullback J(z) is recomputed from
+z (so derivatives along X see it change), never read from a cache.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..geometry import charts, curvature
+from ..geometry.hypersurface import Hypersurface
+from ..geometry.points import features as chart_features
+from .mlp import MLP
+
+HEADS = ("free", "addfs", "multfs", "matrixfs", "phifs")
+FEATURES = ("chart", "invariant")
+
+
+def invariant_features(z: torch.Tensor) -> torch.Tensor:
+    """C*-invariant features of z: Re and Im of z_i conj(z_j) / |z|^2 for i <= j: [N, n+1] -> [N, (n+1)^2].
+
+    A function of these is a function on P^n, whatever chart z is written in.
+    """
+    n1 = z.shape[-1]
+    P = z[:, :, None] * z.conj()[:, None, :] / (z.abs() ** 2).sum(-1)[:, None, None]
+    iu = torch.triu_indices(n1, n1)
+    diag = iu[0] == iu[1]
+    vals = P[:, iu[0], iu[1]]
+    return torch.cat([vals.real, vals[:, ~diag].imag], -1)
+
+
+def hermitian(v: torch.Tensor, m: int) -> torch.Tensor:
+    """Hermitian m x m matrices from m^2 reals (m diagonal, m(m-1)/2 complex upper entries): [N, m^2] -> [N, m, m]."""
+    iu = torch.triu_indices(m, m, offset=1)
+    k = iu.shape[1]
+    H = torch.diag_embed(v[:, :m].to(torch.complex128))
+    upper = torch.complex(v[:, m : m + k], v[:, m + k : m + 2 * k])
+    U = _scatter_upper(upper, iu, m)
+    return H + U + U.conj().transpose(-1, -2)
+
+
+def _scatter_upper(upper: torch.Tensor, iu: torch.Tensor, m: int) -> torch.Tensor:
+    """Place [N, k] values at the strictly upper positions iu of m x m matrices, out of place."""
+    flat = iu[0] * m + iu[1]
+    onehot = torch.nn.functional.one_hot(flat, m * m).to(upper.dtype)  # [k, m*m]
+    return (upper @ onehot).reshape(len(upper), m, m)
+
+
+def cholesky_metric(v: torch.Tensor, m: int) -> torch.Tensor:
+    """g = L L^dagger, L lower triangular with exp(v) on the diagonal: positive definite by construction."""
+    iu = torch.triu_indices(m, m, offset=1)
+    k = iu.shape[1]
+    upper = torch.complex(v[:, m : m + k], v[:, m + k : m + 2 * k])
+    L = torch.diag_embed(torch.exp(v[:, :m]).to(torch.complex128)) + _scatter_upper(upper, iu, m).conj().transpose(-1, -2)
+    return L @ L.conj().transpose(-1, -2)
+
+
+class MetricModel(nn.Module):
+    """g = head(network(features(z))) on a hypersurface X.
+
+    head: free (g = L L^dagger from the net, PD by construction), addfs (g_FS + herm(NN)),
+    multfs (g_FS * (1 + herm(NN)) elementwise), matrixfs (g_FS + (g_FS H + H g_FS) / 2),
+    phifs (g_FS + d dbar phi pulled back: Kaehler by construction).
+    out_scale multiplies the network output (the rescaling trick of eq. 2.15 with constant h),
+    so that at initialisation g stays close to g_FS.
+    """
+
+    def __init__(
+        self,
+        surface: Hypersurface,
+        head: str = "multfs",
+        depth: int = 3,
+        width: int = 64,
+        activation: str = "gelu",
+        parametrization: str = "standard",
+        sigma_w: float = 1.0,
+        sigma_b: float = 0.0,
+        features: str = "chart",
+        out_scale: float = 0.01,
+    ):
+        super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"unknown head {head!r}; choose one of {HEADS}")
+        if features not in FEATURES:
+            raise ValueError(f"unknown features {features!r}; choose one of {FEATURES}")
+        self.surface, self.head, self.features, self.out_scale = surface, head, features, out_scale
+        self.m = surface.dim
+        n1 = surface.n + 1
+        d_in = 2 * n1 if features == "chart" else n1 * n1
+        d_out = 1 if head == "phifs" else self.m * self.m
+        self.net = MLP(d_in, d_out, depth, width, activation, parametrization, sigma_w, sigma_b)
+
+    def inputs(self, z: torch.Tensor) -> torch.Tensor:
+        return chart_features(z) if self.features == "chart" else invariant_features(z)
+
+    def network(self, z: torch.Tensor) -> torch.Tensor:
+        """Scaled network output at z: [N, n+1] -> [N, d_out]."""
+        return self.out_scale * self.net(self.inputs(z))
+
+    def phi(self, z: torch.Tensor) -> torch.Tensor:
+        """Kaehler potential correction phi(z) (phifs): [N, n+1] -> [N]."""
+        return self.network(z)[:, 0]
+
+    def forward(self, z: torch.Tensor, patch: torch.Tensor, elim: torch.Tensor) -> torch.Tensor:
+        J = charts.pullback(self.surface.gradient(z), patch, elim)
+        g_fs = charts.pull_back(J, charts.fs_metric(z))
+        if self.head == "phifs":
+            return g_fs + curvature.tangent_ddbar(self.phi, z, J)
+        v = self.network(z)
+        if self.head == "free":
+            return cholesky_metric(v, self.m)
+        H = hermitian(v, self.m)
+        if self.head == "addfs":
+            return g_fs + H
+        if self.head == "multfs":
+            return g_fs * (1 + H)
+        return g_fs + (g_fs @ H + H @ g_fs) / 2  # matrixfs

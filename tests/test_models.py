@@ -1,0 +1,157 @@
+"""Metric heads and losses against independent computations."""
+import math
+
+import pytest
+import torch
+
+from mflow import losses
+from mflow.geometry import charts, curvature, volume
+from mflow.geometry.points import sample
+from mflow.models.metric import HEADS, MetricModel, hermitian, invariant_features
+from mflow.modules import points_batch
+
+
+@pytest.fixture(scope="module")
+def pts(quintic):
+    return sample(quintic, 64, seed=3)
+
+
+def _model(quintic, head, **kw):
+    torch.manual_seed(0)
+    return MetricModel(quintic, head, depth=2, width=16, features="invariant" if head == "phifs" else "chart", **kw)
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_heads_are_hermitian_positive_definite_at_initialisation(quintic, pts, head):
+    g = _model(quintic, head)(pts.z, pts.patch, pts.elim).detach()
+    assert torch.allclose(g, g.conj().transpose(-1, -2), atol=1e-14)
+    assert float(torch.linalg.eigvalsh(g).min()) > 0
+
+
+def test_hermitian_builder_roundtrip():
+    v = torch.randn(5, 9, dtype=torch.float64)
+    H = hermitian(v, 3)
+    assert torch.allclose(H.diagonal(dim1=-2, dim2=-1).real, v[:, :3])
+    assert torch.allclose(H[:, 0, 1], torch.complex(v[:, 3], v[:, 6]))
+    assert torch.allclose(H, H.conj().transpose(-1, -2))
+
+
+def test_invariant_features_do_not_depend_on_scaling():
+    z = torch.randn(10, 5, dtype=torch.complex128)
+    lam = torch.complex(torch.randn(10, 1, dtype=torch.float64), torch.randn(10, 1, dtype=torch.float64))
+    assert torch.allclose(invariant_features(z), invariant_features(lam * z))
+    assert invariant_features(z).shape == (10, 25)
+
+
+def test_phifs_is_fs_plus_ddbar_phi_by_finite_differences(quintic, pts):
+    """phifs head vs an independent finite-difference d dbar phi in ambient coordinates, pulled back."""
+    m = _model(quintic, "phifs", out_scale=1.0)
+    p = pts[:4]
+    g = m(p.z, p.patch, p.elim).detach()
+    h = 1e-4
+    n1 = 5
+    E = torch.eye(2 * n1, dtype=torch.float64) * h
+    for i in range(len(p)):
+        def phi(x):  # real coordinates (Re z, Im z) of P^n
+            return m.phi(torch.complex(x[:, :n1], x[:, n1:])).detach()
+
+        x0 = torch.cat([p.z[i].real, p.z[i].imag])
+        H = torch.zeros(2 * n1, 2 * n1, dtype=torch.float64)
+        for a in range(2 * n1):
+            for b in range(2 * n1):
+                xs = torch.stack([x0 + E[a] + E[b], x0 + E[a] - E[b], x0 - E[a] + E[b], x0 - E[a] - E[b]])
+                f = phi(xs)
+                H[a, b] = (f[0] - f[1] - f[2] + f[3]) / (4 * h * h)
+        ddbar = curvature.ddbar_from_real_hessian(H[None])[0]
+        J = p.pullback[i]
+        expected = p.g_fs[i] + J @ ddbar @ J.conj().T
+        assert torch.allclose(g[i], expected, rtol=1e-5, atol=1e-7)
+
+
+def test_phifs_kaehler_loss_is_round_off_and_others_are_not(quintic, pts):
+    b = points_batch(pts[:32])
+    k = torch.tensor(0.0176, dtype=torch.float64)
+    assert float(losses.kaehler_loss(_model(quintic, "phifs", out_scale=1.0), b, k)) < 1e-20
+    assert float(losses.kaehler_loss(_model(quintic, "addfs", out_scale=0.01), b, k)) > 1e-8
+
+
+def test_transition_loss_vanishes_for_fs_and_not_for_a_network(quintic, pts):
+    b = points_batch(pts)
+    k = torch.tensor(0.0176, dtype=torch.float64)
+
+    class FS(torch.nn.Module):
+        surface = quintic
+
+        def forward(self, z, patch, elim):
+            return curvature.fs_metric_fn(quintic)(z, patch, elim)
+
+    assert float(losses.transition_loss(FS(), b, k)) < 1e-24
+    assert float(losses.transition_loss(_model(quintic, "multfs", out_scale=0.3), b, k)) > 1e-6
+
+
+def test_sigma_loss_is_zero_when_eta_is_one(quintic, pts):
+    b = points_batch(pts)
+    # g = (kappa |Omega|^2)^{1/3} * I has eta = 1 exactly
+    k = torch.tensor(0.02, dtype=torch.float64)
+    g = ((k * pts.omega_sq) ** (1 / 3))[:, None, None] * torch.eye(3, dtype=torch.complex128)
+    assert float(losses.sigma_loss(g, b, k)) < 1e-14
+    assert float(losses.ultra_local_square(g, b, k)) < 1e-28
+    assert abs(float(losses.ultra_local_entropy(g, b, k))) < 1e-14
+
+
+@pytest.mark.parametrize("name", ["sigma", "ultra_local_square", "volume", "kaehler", "transition", "two_derivative"])
+def test_loss_gradients_match_finite_differences(quintic, pts, name):
+    m = _model(quintic, "multfs", out_scale=0.5)
+    b = points_batch(pts[:16])
+    k = torch.tensor(0.0176, dtype=torch.float64)
+    p = m.net.net[0].weight
+    loss, _ = losses.total_loss(m, b, k, {name: 1.0})
+    (grad,) = torch.autograd.grad(loss, p)
+    direction = torch.randn_like(p)
+    h = 1e-6
+    with torch.no_grad():
+        p += h * direction
+        up = losses.total_loss(m, b, k, {name: 1.0})[0]
+        p -= 2 * h * direction
+        down = losses.total_loss(m, b, k, {name: 1.0})[0]
+        p += h * direction
+    fd = (up - down) / (2 * h)
+    assert torch.allclose((grad * direction).sum(), fd, rtol=1e-5, atol=1e-12)
+
+
+def test_phifs_sigma_gradient_matches_finite_differences(quintic, pts):
+    m = _model(quintic, "phifs", out_scale=0.5)
+    b = points_batch(pts[:8])
+    k = torch.tensor(0.0176, dtype=torch.float64)
+    p = m.net.net[2].weight
+    (grad,) = torch.autograd.grad(losses.sigma_loss(m(b["z"], b["patch"], b["elim"]), b, k), p)
+    d = torch.randn_like(p)
+    h = 1e-6
+    f = lambda: losses.sigma_loss(m(b["z"], b["patch"], b["elim"]), b, k).detach()
+    with torch.no_grad():
+        p += h * d
+    up = f()
+    with torch.no_grad():
+        p -= 2 * h * d
+    down = f()
+    with torch.no_grad():
+        p += h * d
+    assert torch.allclose((grad * d).sum(), (up - down) / (2 * h), rtol=1e-5)
+
+
+def test_loss_weights_are_validated():
+    with pytest.raises(ValueError, match="unknown loss"):
+        losses.check_weights({"sigmaa": 1.0})
+    with pytest.raises(ValueError, match="non-negative"):
+        losses.check_weights({"sigma": -1.0})
+    with pytest.raises(ValueError, match="at least one"):
+        losses.check_weights({"sigma": 0.0})
+
+
+def test_unknown_head_and_features_are_refused(quintic):
+    with pytest.raises(ValueError, match="unknown head"):
+        MetricModel(quintic, "multFS2")
+    with pytest.raises(ValueError, match="unknown features"):
+        MetricModel(quintic, "multfs", features="pixels")
+    with pytest.raises(ValueError, match="unknown activation"):
+        MetricModel(quintic, "multfs", activation="swish9")
