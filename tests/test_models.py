@@ -155,3 +155,14 @@ def test_unknown_head_and_features_are_refused(quintic):
         MetricModel(quintic, "multfs", features="pixels")
     with pytest.raises(ValueError, match="unknown activation"):
         MetricModel(quintic, "multfs", activation="swish9")
+
+
+@pytest.mark.parametrize("features", ["chart", "invariant"])
+@pytest.mark.parametrize("act", ["gelu", "tanh", "cos", "relu"])
+def test_taylor_mode_ddbar_matches_nested_autodiff(quintic, pts, features, act):
+    """PhiFS's forward-propagated d dbar phi equals torch.func's jacrev(grad) along X."""
+    torch.manual_seed(1)
+    m = MetricModel(quintic, "phifs", depth=2, width=16, activation=act, features=features, out_scale=1.0)
+    p = pts[:16]
+    ref = curvature.tangent_ddbar(m.phi, p.z, p.pullback)
+    assert torch.allclose(m.ddbar_phi(p.z, p.pullback), ref, rtol=1e-10, atol=1e-14)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..geometry import charts, curvature
+from ..geometry import charts
 from ..geometry.hypersurface import Hypersurface
 from ..geometry.points import features as chart_features
+from . import taylor
 from .mlp import MLP
 
 HEADS = ("free", "addfs", "multfs", "matrixfs", "phifs")
@@ -104,11 +105,17 @@ class MetricModel(nn.Module):
         """Kaehler potential correction phi(z) (phifs): [N, n+1] -> [N]."""
         return self.network(z)[:, 0]
 
+    def ddbar_phi(self, z: torch.Tensor, J: torch.Tensor) -> torch.Tensor:
+        """d_a dbar_b phi along X by Taylor-mode propagation (mflow.models.taylor): -> [N, m, m]."""
+        jets = taylor.chart_feature_jets if self.features == "chart" else taylor.invariant_feature_jets
+        _, _, dd = taylor.mlp_ddbar(self.net.net, *jets(z, J))
+        return self.out_scale * dd[..., 0]
+
     def forward(self, z: torch.Tensor, patch: torch.Tensor, elim: torch.Tensor) -> torch.Tensor:
         J = charts.pullback(self.surface.gradient(z), patch, elim)
         g_fs = charts.pull_back(J, charts.fs_metric(z))
         if self.head == "phifs":
-            return g_fs + curvature.tangent_ddbar(self.phi, z, J)
+            return g_fs + self.ddbar_phi(z, J)
         v = self.network(z)
         if self.head == "free":
             return cholesky_metric(v, self.m)
