@@ -5,14 +5,13 @@ import os
 import time
 from pathlib import Path
 
+import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
 from .callbacks import RunSummary
-from .data.datamodule import CYDataModule
 from .io import AtomicCheckpointIO
-from .modules import NetworkFlow
 
 LINKED = ("manifold", "psi", "ambient_n", "surface_seed")
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "default.yaml"
@@ -20,8 +19,12 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "default.yaml
 
 class MflowCLI(LightningCLI):
     def add_arguments_to_parser(self, parser):
+        parser.set_defaults({
+            "model": {"class_path": "mflow.modules.NetworkFlow"},
+            "data": {"class_path": "mflow.data.datamodule.CYDataModule"},
+        })
         for k in LINKED:
-            parser.link_arguments(f"data.{k}", f"model.{k}")
+            parser.link_arguments(f"data.init_args.{k}", f"model.init_args.{k}")
         parser.add_argument("--run_dir", type=str | None, default=None, help="where results go (default runs/<time>-<head>)")
         parser.add_argument("--ckpt_path", type=str | None, default=None, help="resume fit from this checkpoint")
         parser.add_argument("--wandb", type=str, default="offline", help="W&B mode: offline | online | disabled (CSV only)")
@@ -32,7 +35,8 @@ class MflowCLI(LightningCLI):
         if cfg.wandb not in ("offline", "online", "disabled"):
             raise ValueError(f"--wandb must be offline, online or disabled, not {cfg.wandb!r}")
         if cfg.run_dir is None:
-            cfg.run_dir = str(Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model.head}")
+            name = cfg.model.init_args.get("head") or cfg.model.class_path.rsplit(".", 1)[-1].lower()
+            cfg.run_dir = str(Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}")
         cfg.trainer.default_root_dir = cfg.run_dir
 
 
@@ -53,8 +57,10 @@ def make_logger(run_dir: str, mode: str):
 
 def main(args=None):
     cli = MflowCLI(
-        NetworkFlow,
-        CYDataModule,
+        L.LightningModule,
+        L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
         run=False,
         args=args,
         save_config_kwargs={"overwrite": True},
