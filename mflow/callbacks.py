@@ -17,7 +17,7 @@ class RunSummary(L.Callback):
 
     def __init__(self, ricci_points: int = 1000):
         self.ricci_points = ricci_points
-        self._t0 = None
+        self._t_epoch = None
         self._epochs = 0
         self._fit_seconds = 0.0
 
@@ -25,8 +25,9 @@ class RunSummary(L.Callback):
         self._t_epoch = time.perf_counter()
 
     def on_train_epoch_end(self, trainer, pl_module):
-        self._fit_seconds += time.perf_counter() - self._t_epoch
-        self._epochs += 1
+        if self._t_epoch is not None:  # None when fit resumed mid-epoch
+            self._fit_seconds += time.perf_counter() - self._t_epoch
+            self._epochs += 1
 
     def on_fit_end(self, trainer, pl_module):
         self._write(trainer, pl_module)

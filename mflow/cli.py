@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
@@ -29,9 +30,13 @@ class MflowCLI(LightningCLI):
         parser.add_argument("--ckpt_path", type=str | None, default=None, help="resume fit from this checkpoint")
         parser.add_argument("--wandb", type=str, default="offline", help="W&B mode: offline | online | disabled (CSV only)")
         parser.add_argument("--test", type=bool, default=True, help="run the test split after fit")
+        parser.add_argument("--num_threads", type=int | None, default=1, help="torch CPU threads (1 is fastest for small batches; None: torch's default)")
+        parser.add_argument("--checkpoint_every_n_steps", type=int, default=200, help="last.ckpt is rewritten this often (mid-epoch resume)")
 
     def before_instantiate_classes(self):
         cfg = self.config
+        if cfg.num_threads is not None:
+            torch.set_num_threads(cfg.num_threads)
         if cfg.wandb not in ("offline", "online", "disabled"):
             raise ValueError(f"--wandb must be offline, online or disabled, not {cfg.wandb!r}")
         if cfg.run_dir is None:
@@ -55,7 +60,8 @@ def make_logger(run_dir: str, mode: str):
     return CSVLogger(save_dir=run_dir, name="csv")
 
 
-def main(args=None):
+def main(args=None, callbacks=()):
+    """Run train.py's fit (+ test); ``callbacks`` are added to mflow's own (benchmarks use this)."""
     cli = MflowCLI(
         L.LightningModule,
         L.LightningDataModule,
@@ -79,11 +85,13 @@ def main(args=None):
     trainer = cli.trainer
     trainer.strategy.checkpoint_io = AtomicCheckpointIO()
     trainer.loggers = [make_logger(run_dir, cli.config.wandb)]
-    ckpt = ModelCheckpoint(
-        dirpath=str(Path(run_dir) / "checkpoints"), filename="epoch{epoch}-sigma{val/sigma:.4f}",
-        auto_insert_metric_name=False, monitor="val/sigma", mode="min", save_last=True,
+    ckpt_dir = str(Path(run_dir) / "checkpoints")
+    best = ModelCheckpoint(
+        dirpath=ckpt_dir, filename="epoch{epoch}-sigma{val/sigma:.4f}",
+        auto_insert_metric_name=False, monitor="val/sigma", mode="min",
     )
-    trainer.callbacks[:] = [c for c in trainer.callbacks if not isinstance(c, ModelCheckpoint)] + [ckpt, RunSummary()]
+    last = ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True, every_n_train_steps=cli.config.checkpoint_every_n_steps)
+    trainer.callbacks[:] = [c for c in trainer.callbacks if not isinstance(c, ModelCheckpoint)] + [best, last, RunSummary(), *callbacks]
     trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
     if cli.config.test and not trainer.interrupted:
         trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)

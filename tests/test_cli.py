@@ -38,13 +38,14 @@ def test_overrides_take_effect_and_summary_is_written(tmp_path):
     assert s["ricci_measure_val"] > 0
 
 
-def test_resume_from_last_checkpoint_continues(tmp_path):
-    main(_args(tmp_path, "--trainer.max_epochs=1", "--test=false"))
+def test_a_run_killed_mid_epoch_resumes_from_its_last_checkpoint(tmp_path):
+    # 480 train points / batch 64 = 8 steps per epoch; the "kill" comes after step 5, last.ckpt is from step 4
+    main(_args(tmp_path, "--trainer.max_steps=5", "--checkpoint_every_n_steps=2", "--test=false"))
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     ck = torch.load(last, weights_only=False)
-    assert ck["mflow"]["format"] == 1
+    assert ck["mflow"]["format"] == 1 and ck["global_step"] == 4
     trainer = main(_args(tmp_path, "--trainer.max_epochs=2", f"--ckpt_path={last}", "--test=false"))
-    assert trainer.current_epoch == 2 and trainer.global_step == 2 * ck["global_step"]
+    assert trainer.current_epoch == 2 and trainer.global_step >= 2 * 8 - 4
 
 
 def test_bad_configs_fail_early_with_clear_messages(tmp_path):
@@ -70,3 +71,19 @@ def test_nan_loss_stops_without_writing_a_checkpoint(tmp_path):
 def test_print_config_runs(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "train.py"), "--print_config"], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0 and "head: multfs" in out.stdout
+
+
+def test_ddp_with_two_cpu_processes_gives_the_single_process_sigma(tmp_path):
+    script = ROOT / "tests" / "scripts" / "ddp_validate.py"
+    res = {}
+    for devices in (1, 2):
+        out = tmp_path / f"val{devices}.json"
+        run = subprocess.run(
+            [sys.executable, str(script), str(devices), str(tmp_path / "data"), str(out)],
+            capture_output=True, text=True, cwd=ROOT, timeout=600,
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+        res[devices] = json.loads(out.read_text())
+    assert abs(res[1]["val/sigma"] - res[2]["val/sigma"]) < 1e-12
+    assert abs(res[1]["val/loss"] - res[2]["val/loss"]) < 1e-12
+    assert res[2]["points_seen"] == res[2]["val_points"] == res[1]["points_seen"]  # each point once

@@ -1,0 +1,78 @@
+"""Training benchmark: seconds per epoch on 100k Fermat-quintic points (MultFS, PhiFS), sigma against
+wall time, and the Ricci measure on 10k points. Writes bench/results/training.json.
+
+    python bench/bench_training.py [--epochs 10] [--points 100000]
+"""
+import argparse
+import json
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from mflow.cli import main
+from mflow.geometry import curvature, volume
+from mflow.geometry.hypersurface import manifold
+from mflow.geometry.points import sample
+from mflow.io import write_json
+
+OUT = Path(__file__).resolve().parent / "results"
+
+
+class Clock(L.Callback):
+    """(epoch, seconds since fit start, val sigma) after every validation."""
+
+    def __init__(self):
+        self.series = []
+
+    def on_fit_start(self, trainer, pl_module):
+        self.t0 = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        sigma = trainer.callback_metrics.get("val/sigma")
+        self.series.append({"epoch": trainer.current_epoch, "seconds": time.perf_counter() - self.t0, "val_sigma": float(sigma)})
+
+
+def run(name, config, epochs, points, extra=()):
+    clock = Clock()
+    run_dir = OUT / f"train-{name}"
+    main([
+        "--config", config, f"--run_dir={run_dir}", f"--trainer.max_epochs={epochs}", f"--data.n_points={points}",
+        "--wandb=disabled", "--trainer.enable_progress_bar=false", "--data.cache_dir=data", *extra,
+    ], callbacks=[clock])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return {"seconds_per_epoch": summary["seconds_per_epoch"], "sigma_vs_time": clock.series, "summary": summary}
+
+
+def ricci_timing(n=10_000):
+    X = manifold("fermat_quintic")
+    P = sample(X, n, seed=123)
+    fs = curvature.fs_metric_fn(X)
+    t = time.perf_counter()
+    ric = curvature.ricci_form(fs, P.z, P.patch, P.elim, P.pullback)
+    R = curvature.ricci_scalar(P.g_fs, ric)
+    measure = curvature.ricci_measure(P.weights, volume.real_det(P.g_fs), P.omega_sq, R, X.dim)
+    return {"points": n, "seconds": time.perf_counter() - t, "ricci_measure_fs": float(measure)}
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--points", type=int, default=100_000)
+    ap.add_argument("--only", choices=["multfs", "phifs", "ricci"], default=None)
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    results = {"machine": {"threads": torch.get_num_threads(), "torch": torch.__version__}}
+    if a.only in (None, "ricci"):
+        results["ricci_fs_10k"] = ricci_timing()
+    if a.only in (None, "multfs"):
+        results["multfs"] = run("multfs", "conf/multfs_gelu.yaml", a.epochs, a.points)
+    if a.only in (None, "phifs"):
+        results["phifs"] = run("phifs", "conf/phifs.yaml", a.epochs, a.points)
+    path = OUT / (f"training-{a.only}.json" if a.only else "training.json")
+    write_json(path, results)
+    print(json.dumps({k: (v if k == "machine" or k.startswith("ricci") else {"seconds_per_epoch": v["seconds_per_epoch"],
+                      "last": v["sigma_vs_time"][-1] if v["sigma_vs_time"] else None}) for k, v in results.items()}, indent=1))
