@@ -26,9 +26,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from mflow.geometry.distance import fs_distance, nearest_neighbours
+from mflow.geometry.distance import fs_distance_block, nearest_neighbours
 
-_NEAR = 1e-3  # 1 - |<u, u'>| below this: recompute d_FS with the chord formula (exact near 0)
 
 DEFAULT_BLOCK = 1024
 
@@ -267,26 +266,6 @@ class CosineNet(nn.Module):
 
 
 # ----------------------------------------------------------------------------- FS-distance kernels
-def fs_distance_block(za: torch.Tensor, zb: torch.Tensor) -> torch.Tensor:
-    """d_FS for all pairs: [Na, n+1] x [Nb, n+1] complex -> [Na, Nb] float64, O(Na Nb) memory.
-
-    arccos|<u, u'>| from one matrix product (eq. 3.2), accurate to ~1e-12 relative once
-    1 - |<u, u'>| > 1e-3; the few closer pairs are recomputed with the exact chord formula of
-    mflow.geometry.distance.fs_distance (d = 0 exactly at identical points, no threshold needed).
-    """
-    u = za / torch.linalg.vector_norm(za, dim=-1, keepdim=True)
-    v = zb / torch.linalg.vector_norm(zb, dim=-1, keepdim=True)
-    # |<u, v>| from one real matrix product (about 2x faster than complex matmul + abs)
-    ur, ui, vr, vi = u.real, u.imag, v.real, v.imag
-    prod = torch.cat([ur, ui], 1) @ torch.cat([torch.cat([vr, vi], 1), torch.cat([vi, -vr], 1)], 0).T
-    overlap = torch.hypot(prod[:, : len(v)], prod[:, len(v) :]).clamp_(max=1.0)
-    d = torch.arccos(overlap)
-    i, j = torch.nonzero(overlap > 1 - _NEAR, as_tuple=True)
-    if len(i):
-        d[i, j] = fs_distance(za[i], zb[j])
-    return d
-
-
 @dataclass(frozen=True)
 class GaussianFS(Kernel):
     """eq. 3.5: exp(-d_FS(x, x') / (2 sigma)); ``squared=True``: exp(-d_FS^2 / (2 sigma^2)).
