@@ -14,6 +14,7 @@ from . import losses as losses_
 from .geometry import volume
 from .geometry.hypersurface import surface_from_args
 from .geometry.points import CYPoints
+from .linearized import LinearizedModel
 from .metrics import SigmaMeasure, WeightedMean
 from .models.metric import MetricModel
 
@@ -44,6 +45,9 @@ class NetworkFlow(L.LightningModule):
             volume, kaehler, transition, ricci, two_derivative.
         lr: Adam learning rate; lr_decay: multiplicative decay per epoch.
         seed: initialisation seed of the network.
+        linearize: train the first-order Taylor expansion of the network in its parameters at
+            initialisation (eq. 2.10, mflow.linearized.LinearizedModel) instead of the network: its
+            metric-NTK stays the initial one (eq. 2.11), the frozen-kernel limit at finite width.
     """
 
     def __init__(
@@ -65,6 +69,7 @@ class NetworkFlow(L.LightningModule):
         lr: float = 1e-3,
         lr_decay: float = 1.0,
         seed: int = 0,
+        linearize: bool = False,
     ):
         super().__init__()
         loss_weights = {"sigma": 1.0} if loss_weights is None else loss_weights
@@ -78,6 +83,8 @@ class NetworkFlow(L.LightningModule):
             self.model = MetricModel(
                 self.surface, head, depth, width, activation, parametrization, sigma_w, sigma_b, features, out_scale
             )
+        if linearize:
+            self.model = LinearizedModel(self.model)
         self.register_buffer("kappa", torch.tensor(float("nan"), dtype=torch.float64))
         self.register_buffer("initial_sigma", torch.full((3,), float("nan"), dtype=torch.float64))
         self.val_sigma = SigmaMeasure()
