@@ -11,12 +11,18 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call write(tmp_path) on a temporary file beside path, fsync it, then rename it onto path."""
+    """Call write(tmp_path) on a temporary file beside path, fsync it, then rename it onto path.
+
+    A writer killed at any point leaves either the old file or the new one at path, never a part.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -24,6 +30,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    try:  # make the rename itself durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
     return path
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mflow.geometry import charts, curvature, distance, volume
-from mflow.geometry.hypersurface import Hypersurface, NotCalabiYauError, dwork, fermat, manifold, random_cy
+from mflow.geometry.hypersurface import Hypersurface, NotCalabiYauError, dwork, manifold, random_cy
 from mflow.geometry.points import sample
 
 SURFACES = {

@@ -1,11 +1,10 @@
 """Metric heads and losses against independent computations."""
-import math
 
 import pytest
 import torch
 
 from mflow import losses
-from mflow.geometry import charts, curvature, volume
+from mflow.geometry import curvature
 from mflow.geometry.points import sample
 from mflow.models.metric import HEADS, MetricModel, hermitian, invariant_features
 from mflow.modules import points_batch

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mflow.geometry.hypersurface import CDTYPE, RDTYPE, Hypersurface, manifold
+from mflow.geometry.hypersurface import CDTYPE, RDTYPE, Hypersurface
 from mflow.geometry.points import CYPoints, cy_points, sample
+from mflow.io import atomic_write
 
 FORMAT = "mflow-pointset"
 FORMAT_VERSION = 1
@@ -51,18 +51,6 @@ class PointSet:
 
 
 # --------------------------------------------------------------------------- manifolds and sampling
-def make_surface(name: str, psi: float = 0.0, ambient_n: int = 4, surface_seed: int = 0) -> Hypersurface:
-    """The preset ``name`` (fermat_quintic / fermat_quartic / fermat_cubic / dwork / random) with its parameters.
-
-    psi is used by dwork only; ambient_n (P^n) and surface_seed by random only.
-    """
-    if name == "dwork":
-        return manifold(name, psi=psi)
-    if name == "random":
-        return manifold(name, n=ambient_n, seed=surface_seed)
-    return manifold(name)
-
-
 def chunk_seed(seed: int, chunk: int) -> int:
     """Seed of chunk ``chunk`` of a chunked sample (a SeedSequence of (seed, chunk))."""
     return int(np.random.SeedSequence([seed, chunk]).generate_state(1, dtype=np.uint64)[0] >> 1)
@@ -120,34 +108,13 @@ def _checksum(arrays: dict[str, np.ndarray], metadata: str) -> str:
 
 
 def atomic_savez(path: str | os.PathLike, **arrays) -> Path:
-    """np.savez to path atomically: temp file in the same directory, flush + fsync, os.replace.
+    """np.savez to path atomically (mflow.io.atomic_write)."""
 
-    A writer killed at any point leaves either the old file or the new one at path, never a partial file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+    def write(tmp):
+        with open(tmp, "wb") as f:
             np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
-    return path
+
+    return atomic_write(path, write)
 
 
 def save_pointset(
@@ -344,7 +311,6 @@ def load_cymetric(
     X = torch.from_numpy(np.asarray(X, dtype=np.float64))
     z = torch.complex(X[:, :n1], X[:, n1:])
     _check_on_surface(z, surface, tol, str(path))
-    surface.check_smooth_at(z)
     points = cy_points(surface, z, drop_ties=False)
     w = torch.from_numpy(np.asarray(y[:, 0], dtype=np.float64))
     om = torch.from_numpy(np.asarray(y[:, 1], dtype=np.float64))

@@ -50,22 +50,24 @@ def fs_distance_block(z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return d
 
 
-def fs_distance_matrix(z: torch.Tensor, w: torch.Tensor | None = None, block: int = 4096) -> torch.Tensor:
+def fs_distance_matrix(z: torch.Tensor, w: torch.Tensor | None = None, block: int = 1024) -> torch.Tensor:
     """All pairs d(z_i, w_j): [N, n+1] x [M, n+1] -> [N, M], built in row blocks (O(block * M) work memory)."""
     w = z if w is None else w
     return torch.cat([fs_distance_block(z[i : i + block], w) for i in range(0, len(z), block)])
 
 
 def nearest_neighbours(
-    z: torch.Tensor, w: torch.Tensor | None = None, block: int = 4096
+    z: torch.Tensor, w: torch.Tensor | None = None, block: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest point of w (or of z itself, excluding i) for each z_i: -> (distance [N], index [N]).
 
     d is increasing in |<u, v>|, so the neighbour is the argmax of |<u, v>| (one real matrix
-    product per block, O(block * M) memory); its distance is then recomputed exactly.
+    product per block of rows, O(block * M) memory, block = 2^22 / M rows by default, i.e. about
+    100 MB of work space); its distance is then recomputed exactly.
     """
     self_query = w is None
     w = z if w is None else w
+    block = block or max(16, 2**22 // max(len(w), 1))
     u, v = _unit(z), _unit(w)
     idx = torch.empty(len(z), dtype=torch.int64)
     for i in range(0, len(z), block):

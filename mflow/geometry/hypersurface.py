@@ -125,10 +125,13 @@ class Hypersurface:
         blob = json.dumps({"monomials": d["monomials"], "coefficients": d["coefficients"]}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
-    def check_smooth_at(self, z: torch.Tensor, tol: float = 1e-10) -> None:
-        """Refuse points where dp vanishes (singular points of X): [N, n+1]."""
-        z = z / z.abs().amax(-1, keepdim=True)
-        g = self.gradient(z).abs().amax(-1)
+    def check_smooth_at(self, z: torch.Tensor, dp: torch.Tensor | None = None, tol: float = 1e-10) -> None:
+        """Refuse points where dp vanishes (singular points of X): z [N, n+1] scaled to max |z_i| = 1
+        (or any z with dp = dp/dz there given)."""
+        if dp is None:
+            z = z / z.abs().amax(-1, keepdim=True)
+            dp = self.gradient(z)
+        g = dp.abs().amax(-1)
         scale = (self.coefficients.abs() * self.monomials.amax(-1)).sum()
         bad = g < tol * scale
         if bad.any():
@@ -199,6 +202,8 @@ PRESETS = ("fermat_quintic", "fermat_quartic", "fermat_cubic", "dwork", "random"
 
 def manifold(name: str, **params) -> Hypersurface:
     """A preset by name: fermat_quintic, fermat_quartic, fermat_cubic, dwork (psi), random (n, seed)."""
+    if name.startswith("fermat_") and params:
+        raise ValueError(f"{name} takes no parameters, got {sorted(params)}")
     if name == "fermat_quintic":
         return _named(fermat(4), name)
     if name == "fermat_quartic":

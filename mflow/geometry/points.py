@@ -50,10 +50,11 @@ def features(z: torch.Tensor) -> torch.Tensor:
 
 
 def cy_points(surface: Hypersurface, z: torch.Tensor, drop_ties: bool = True) -> CYPoints:
-    """Charts, |Omega|^2, pullbacks, FS metric and MC weights of points z [N, n+1] on X."""
+    """Charts, |Omega|^2, pullbacks, FS metric and MC weights of points z [N, n+1] on X (refuses singular points)."""
     if drop_ties:
         z = z[~charts.ties_for_largest(z)]
     z, dp, patch, elim = charts.choose_chart(surface, z)
+    surface.check_smooth_at(z, dp)
     J = charts.pullback(dp, patch, elim)
     g_fs = charts.pull_back(J, charts.fs_metric(z))
     om = charts.omega_sq(dp, elim)
@@ -64,6 +65,4 @@ def cy_points(surface: Hypersurface, z: torch.Tensor, drop_ties: bool = True) ->
 def sample(surface: Hypersurface, n_points: int, seed: int) -> CYPoints:
     """n_points Shiffman-Zelditch points with their geometry, reproducible from the seed."""
     gen = torch.Generator().manual_seed(seed)
-    z = sample_points(surface, n_points, gen)
-    surface.check_smooth_at(z)
-    return cy_points(surface, z)
+    return cy_points(surface, sample_points(surface, n_points, gen))

@@ -1,0 +1,95 @@
+"""Command line: ``python -m mflow.data sample ...`` writes a point-set file; ``info FILE`` checks and describes one."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+
+from mflow.geometry.hypersurface import PRESETS, surface_from_args
+from mflow.geometry.volume import kappa, real_det, sigma
+
+from .pointset import DEFAULT_CHUNK, PointSetError, load_pointset, sample_pointset, save_pointset
+
+
+def _fs_summary(points) -> tuple[float, float]:
+    """(kappa, sigma) of the Fubini-Study metric on these points (REFERENCE.md section 1, eq. B.10-B.11)."""
+    d = real_det(points.g_fs)
+    return float(kappa(points.weights, d, points.omega_sq)), float(sigma(points.weights, d, points.omega_sq))
+
+
+def cmd_sample(a: argparse.Namespace) -> int:
+    surface = surface_from_args(a.manifold, a.psi, a.ambient_n, a.surface_seed)
+    t0 = time.perf_counter()
+    print(f"sampling {a.n} points on {surface.name} (P^{surface.n}, fingerprint {surface.fingerprint()}), seed {a.seed}",
+          flush=True)
+    points = sample_pointset(surface, a.n, a.seed, chunk_size=a.chunk_size, progress=a.n > a.chunk_size)
+    t_sample = time.perf_counter() - t0
+    path = save_pointset(a.out, points, surface, seed=a.seed, val_fraction=a.val_fraction,
+                         extra={"n_requested": a.n, "chunk_size": a.chunk_size})
+    k, s = _fs_summary(points)
+    print(f"wrote {path}: {len(points)} points, kappa(FS) = {k:.6g}, sigma(FS) = {s:.4f}, "
+          f"sampled in {t_sample:.2f} s, total {time.perf_counter() - t0:.2f} s")
+    return 0
+
+
+def cmd_info(a: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    try:
+        ps = load_pointset(a.file)
+    except PointSetError as e:
+        print(f"INVALID: {e}", file=sys.stderr)
+        return 1
+    meta = dict(ps.metadata)
+    if not a.full:
+        meta["manifold"] = {k: v for k, v in meta["manifold"].items() if k in ("name", "params")}
+    print(json.dumps(meta, indent=2, sort_keys=True))
+    k, s = _fs_summary(ps.points)
+    res = float(ps.surface.residual(ps.points.z).max())
+    print(f"OK: checksum, format version {meta['format_version']} and geometry verified; {len(ps.points)} points, "
+          f"max relative |p| = {res:.2e}, kappa(FS) = {k:.6g}, sigma(FS) = {s:.4f} ({time.perf_counter() - t0:.2f} s)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m mflow.data", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("sample", help="sample points on a CY hypersurface and write a point-set file",
+                       description="Shiffman-Zelditch points with weights and |Omega|^2, written atomically to an .npz "
+                                   "that also holds cymetric's X_train/y_train/X_val/y_val keys.")
+    s.add_argument("--manifold", default="fermat_quintic", choices=sorted(PRESETS), help="preset (default fermat_quintic)")
+    s.add_argument("--n", type=int, required=True, help="number of points")
+    s.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    s.add_argument("--out", required=True, help="output .npz path (written atomically)")
+    s.add_argument("--psi", type=float, default=0.0, help="Dwork parameter psi (manifold dwork; default 0)")
+    s.add_argument("--ambient-n", type=int, default=4, help="P^n of manifold random (default 4)")
+    s.add_argument("--surface-seed", type=int, default=0, help="coefficient seed of manifold random (default 0)")
+    s.add_argument("--val-fraction", type=float, default=0.1, help="cymetric X_val/y_val fraction (default 0.1)")
+    s.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK,
+                   help=f"points sampled per chunk (memory bound; part of the seed's meaning; default {DEFAULT_CHUNK})")
+    s.set_defaults(func=cmd_sample)
+    i = sub.add_parser("info", help="verify a point-set file and print its metadata",
+                       description="Checks format version, checksum, that p vanishes at the points and that stored "
+                                   "weights match recomputed ones; prints the metadata. Exit code 1 if invalid.")
+    i.add_argument("file", help="point-set .npz file")
+    i.add_argument("--full", action="store_true", help="print the full manifold (monomials, coefficients)")
+    i.set_defaults(func=cmd_info)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    torch.set_num_threads(min(torch.get_num_threads(), 16))
+    a = build_parser().parse_args(argv)
+    if a.command == "sample" and a.n < 1:
+        build_parser().error("--n must be positive")
+    try:
+        return a.func(a)
+    except ValueError as e:  # NotCalabiYauError, bad parameters
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

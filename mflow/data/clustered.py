@@ -1,0 +1,175 @@
+"""CYDataModule whose training batches are clusters of nearby points (paper sec. 3.1), for kernel flows.
+
+setup() clusters the train split with mflow.kernels.clustering.batched_clustering (FS distance, eq. 3.2-3.3)
+and keeps the labels in ``cluster_labels``; the train loader yields one whole cluster per batch (in a
+seeded order per epoch). Validation and test batches are the usual ``batch_size`` slices.
+
+DDP: ClusterBatchSampler shares the clusters out (rank r takes every world_size-th cluster of the epoch's
+order) and pads the shorter ranks with EMPTY batches, never with repeated clusters, so that every cluster
+is flowed exactly once per epoch, as on one process.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from mflow.kernels.clustering import LINKAGES, MERGES, batched_clustering
+
+from .datamodule import CYDataModule, PointsDataset
+
+RESIDUAL_TOL = 1e-6
+
+
+class ClusterBatchSampler(DistributedSampler):
+    """Yields one cluster (a list of point indices, increasing) per batch; this rank's share of them.
+
+    shuffle: cluster order permuted by (seed, epoch). With world_size > 1 every rank yields
+    ceil(n_clusters / world_size) batches, the last ones possibly empty.
+    """
+
+    def __init__(self, labels: torch.Tensor, n_clusters: int, shuffle: bool = True, seed: int = 0,
+                 num_replicas: int = 1, rank: int = 0):
+        # Deliberately skips DistributedSampler.__init__ (it needs a dataset and may query torch.distributed).
+        order = torch.argsort(labels, stable=True)
+        counts = torch.bincount(labels, minlength=n_clusters).tolist()
+        self.clusters = list(torch.split(order, counts))
+        self.shuffle, self.seed, self.epoch = shuffle, seed, 0
+        self.num_replicas, self.rank = num_replicas, rank
+        self.drop_last = False
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def cluster_order(self) -> list[int]:
+        n = len(self.clusters)
+        if not self.shuffle:
+            return list(range(n))
+        g = torch.Generator().manual_seed(self.seed + 1_000_003 * self.epoch)
+        return torch.randperm(n, generator=g).tolist()
+
+    def __iter__(self):
+        mine = self.cluster_order()[self.rank :: self.num_replicas]
+        batches = [self.clusters[c] for c in mine]
+        empty = torch.zeros(0, dtype=torch.int64)
+        return iter(batches + [empty] * (len(self) - len(batches)))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.clusters) / self.num_replicas)
+
+
+class ClusteredDataModule(CYDataModule):
+    """Points on a CY hypersurface; the train split is clustered and served one cluster per batch.
+
+    Args (besides CYDataModule's; ``batch_size`` applies to val / test only):
+        n_clusters: number of clusters C (the paper aims at ~5000 points per cluster: C = N / 5000);
+            1 puts all train points in one batch (a full-batch flow).
+        cluster_batch_size: mini batch size M of the batched clustering (paper: 10000); memory O(M^2).
+        merge: greedy (the paper's) | nearest | hungarian: how later mini batches' clusters are merged.
+        linkage: complete (eq. 3.3) | average: the cluster distance used for merging.
+        cluster_seed: shuffle seed of the clustering (default: seed).
+    """
+
+    def __init__(
+        self,
+        manifold: str = "fermat_quintic",
+        psi: float = 0.0,
+        ambient_n: int = 4,
+        surface_seed: int = 0,
+        n_points: int = 100_000,
+        seed: int = 0,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        batch_size: int = 4096,
+        path: str | None = None,
+        cache_dir: str | None = "data",
+        num_workers: int = 0,
+        n_clusters: int = 1,
+        cluster_batch_size: int = 10_000,
+        merge: str = "greedy",
+        linkage: str = "complete",
+        cluster_seed: int | None = None,
+    ):
+        super().__init__(
+            manifold=manifold, psi=psi, ambient_n=ambient_n, surface_seed=surface_seed, n_points=n_points, seed=seed,
+            val_fraction=val_fraction, test_fraction=test_fraction, batch_size=batch_size, path=path,
+            cache_dir=cache_dir, num_workers=num_workers,
+        )
+        for name, v in (("n_clusters", n_clusters), ("cluster_batch_size", cluster_batch_size)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if merge not in MERGES:
+            raise ValueError(f"merge must be one of {MERGES}, got {merge!r}")
+        if linkage not in LINKAGES:
+            raise ValueError(f"linkage must be one of {LINKAGES}, got {linkage!r}")
+        if n_clusters > cluster_batch_size:
+            raise ValueError(f"n_clusters = {n_clusters} exceeds cluster_batch_size = {cluster_batch_size}")
+        self.n_clusters, self.cluster_batch_size = n_clusters, cluster_batch_size
+        self.merge, self.linkage = merge, linkage
+        self.cluster_seed = seed if cluster_seed is None else cluster_seed
+        self.cluster_labels: torch.Tensor | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        super().setup(stage)
+        if self.cluster_labels is not None:
+            return
+        self.cluster_labels = cluster_points(
+            self.train, self.surface, self.n_clusters, self.cluster_batch_size, self.cluster_seed, self.merge, self.linkage
+        )
+
+    def cluster_sizes(self) -> torch.Tensor:
+        return torch.bincount(self.cluster_labels, minlength=self.n_clusters)
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train is None or self.cluster_labels is None:
+            raise RuntimeError("call setup() before asking for dataloaders")
+        world, rank = self._ranks()
+        sampler = ClusterBatchSampler(self.cluster_labels, self.n_clusters, True, self.seed, world, rank)
+        return DataLoader(PointsDataset(self.train), sampler=sampler, batch_size=None, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+
+def check_points(points, surface, what: str = "points") -> None:
+    """Refuse NaN / inf and points that are not on ``surface`` (points of another manifold)."""
+    z = points.z
+    if z.ndim != 2 or z.shape[-1] != surface.n + 1:
+        raise ValueError(f"{what} have {z.shape[-1]} coordinates, but {surface.name} lives in P^{surface.n}: "
+                         "points of another manifold?")
+    for k in ("z", "g_fs", "weights", "omega_sq", "pullback"):
+        t = getattr(points, k)
+        t = torch.view_as_real(t) if t.is_complex() else t
+        if not torch.isfinite(t).all():
+            raise ValueError(f"{what} contain NaN or inf (in {k}): resample them or fix the input file")
+    if len(z):
+        res = surface.residual(z)
+        if float(res.max()) > RESIDUAL_TOL:
+            raise ValueError(
+                f"{int((res > RESIDUAL_TOL).sum())} of {len(z)} {what} are not on {surface.name} "
+                f"(relative |p(z)| up to {float(res.max()):.2e}): points of another manifold?"
+            )
+
+
+def cluster_points(points, surface, n_clusters: int, cluster_batch_size: int, seed: int = 0,
+                   merge: str = "greedy", linkage: str = "complete") -> torch.Tensor:
+    """Checked batched FS clustering of a point set: -> labels [N] int64, every cluster non-empty."""
+    check_points(points, surface, "train points")
+    if n_clusters > len(points):
+        raise ValueError(f"n_clusters = {n_clusters} exceeds the {len(points)} train points: use fewer clusters")
+    labels = batched_clustering(points.z, n_clusters, min(cluster_batch_size, len(points)), seed, merge, linkage)
+    check_cluster_sizes(labels, n_clusters)
+    return labels
+
+
+def check_cluster_sizes(labels: torch.Tensor, n_clusters: int) -> torch.Tensor:
+    """Sizes of the clusters [n_clusters]; ValueError naming the empty ones."""
+    counts = torch.bincount(torch.as_tensor(labels, dtype=torch.int64), minlength=n_clusters)
+    if len(counts) > n_clusters:
+        raise ValueError(f"cluster labels go up to {len(counts) - 1} but n_clusters = {n_clusters}")
+    empty = (counts == 0).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(
+            f"cluster(s) {empty[:10]} of {n_clusters} are empty: use fewer clusters, more points or a larger "
+            "cluster_batch_size"
+        )
+    return counts

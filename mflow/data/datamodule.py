@@ -1,0 +1,277 @@
+"""Lightning DataModule of points on a CY hypersurface: sampled (and cached) or loaded from a file.
+
+Batches are dicts of tensors sliced a whole batch at a time (no per-item collate):
+features [B, 2(n+1)] float64, z [B, n+1] complex128, weights [B], omega_sq [B],
+pullback [B, n-1, n+1], g_fs [B, n-1, n-1], patch [B], elim [B], index [B] (row in its split).
+
+Distributed (DDP): the samplers shard the data themselves (they subclass DistributedSampler, so
+Lightning does not wrap them again). Train: a seeded permutation per epoch, padded with a few
+repeated points so that every rank runs the same number of steps (as torch's DistributedSampler).
+Val / test: contiguous shards, no padding, so every point is seen exactly once over all ranks; ranks
+may then differ by one batch, so reduce validation metrics at epoch end (weighted sums), not per step.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from mflow.geometry.hypersurface import Hypersurface, NotCalabiYauError, PRESETS, surface_from_args
+from mflow.geometry.points import CYPoints
+from mflow.geometry.volume import kappa, real_det
+
+from .pointset import (
+    DEFAULT_CHUNK,
+    PointSetError,
+    is_cymetric_file,
+    load_cymetric,
+    load_pointset,
+    sample_pointset,
+    save_pointset,
+)
+
+MIN_POINTS = 10
+BATCH_KEYS = ("features", "z", "weights", "omega_sq", "pullback", "g_fs", "patch", "elim", "index")
+
+
+class PointsDataset(Dataset):
+    """A split as a map-style dataset whose items are whole batches: ``ds[indices] -> dict of [B, ...]``."""
+
+    def __init__(self, points: CYPoints):
+        self.points = points
+        self.features = points.features
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    def __getitem__(self, indices) -> dict[str, torch.Tensor]:
+        idx = torch.as_tensor(indices, dtype=torch.int64)
+        p = self.points
+        return {
+            "features": self.features[idx],
+            "z": p.z[idx],
+            "weights": p.weights[idx],
+            "omega_sq": p.omega_sq[idx],
+            "pullback": p.pullback[idx],
+            "g_fs": p.g_fs[idx],
+            "patch": p.patch[idx],
+            "elim": p.elim[idx],
+            "index": idx,
+        }
+
+
+class ShardedBatchSampler(DistributedSampler):
+    """Yields lists of indices (one per batch) for this rank's share of a dataset of size n.
+
+    shuffle=True: permutation seeded by (seed, epoch) (call set_epoch, as Lightning does), rank r takes
+    every world_size-th index, padded so all ranks get ceil(n / world_size) indices.
+    shuffle=False: contiguous shard [start_r, end_r), no padding (every index exactly once over ranks).
+    """
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0, num_replicas: int = 1, rank: int = 0):
+        # Deliberately skips DistributedSampler.__init__ (it needs a dataset and may query torch.distributed).
+        self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
+        self.num_replicas, self.rank, self.epoch = num_replicas, rank, 0
+        self.drop_last, self.dataset = False, None
+        self.num_samples = math.ceil(n / num_replicas) if shuffle else n * (rank + 1) // num_replicas - n * rank // num_replicas
+        self.total_size = self.num_samples * num_replicas if shuffle else n
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def indices(self) -> torch.Tensor:
+        """This rank's indices, in order."""
+        if not self.shuffle:
+            bounds = [self.n * r // self.num_replicas for r in range(self.num_replicas + 1)]
+            return torch.arange(bounds[self.rank], bounds[self.rank + 1])
+        g = torch.Generator().manual_seed(self.seed + 1_000_003 * self.epoch)
+        perm = torch.randperm(self.n, generator=g)
+        total = math.ceil(self.n / self.num_replicas) * self.num_replicas
+        if total > self.n:
+            perm = torch.cat([perm, perm[: total - self.n]])
+        return perm[self.rank :: self.num_replicas]
+
+    def __iter__(self):
+        idx = self.indices()
+        return iter([idx[i : i + self.batch_size] for i in range(0, len(idx), self.batch_size)])
+
+    def __len__(self) -> int:
+        """Number of batches on this rank."""
+        return math.ceil(self.num_samples / self.batch_size)
+
+
+class CYDataModule(L.LightningDataModule):
+    """Points on a CY hypersurface, split into train / val / test.
+
+    Args:
+        manifold: preset name: fermat_quintic, fermat_quartic, fermat_cubic, dwork or random.
+        psi: Dwork parameter (manifold="dwork"): sum z_i^5 - 5 psi prod z_i.
+        ambient_n: ambient P^n of manifold="random" (degree n+1 with all monomials).
+        surface_seed: coefficient seed of manifold="random".
+        n_points: number of points to sample (ignored when path is given).
+        seed: sampling seed, and seed of the train/val/test split and of train shuffling.
+        val_fraction: fraction of the points held out for validation.
+        test_fraction: fraction of the points held out for testing.
+        batch_size: points per batch.
+        path: load this file instead of sampling: an mflow point-set file or a cymetric dataset.npz
+            (recognised by its keys; all its rows are pooled, then split here by seed).
+        cache_dir: sampled sets are cached here as point-set files named from the manifold fingerprint,
+            n_points and seed, and reused while valid; None samples in memory every time.
+        num_workers: DataLoader worker processes (0: load in the main process; batches are slices, so 0 is usually best).
+    """
+
+    def __init__(
+        self,
+        manifold: str = "fermat_quintic",
+        psi: float = 0.0,
+        ambient_n: int = 4,
+        surface_seed: int = 0,
+        n_points: int = 100_000,
+        seed: int = 0,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        batch_size: int = 4096,
+        path: str | None = None,
+        cache_dir: str | None = "data",
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        if manifold not in PRESETS:
+            raise ValueError(f"unknown manifold {manifold!r}: set manifold to one of {sorted(PRESETS)}")
+        try:
+            self.surface: Hypersurface = surface_from_args(manifold, psi, ambient_n, surface_seed)
+        except NotCalabiYauError as e:
+            raise ValueError(f"manifold={manifold!r} with psi={psi}, ambient_n={ambient_n}: {e}") from e
+        for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+            if not 0 <= f < 1:
+                raise ValueError(f"{name}={f} is out of range: choose a fraction in [0, 1)")
+        if val_fraction + test_fraction >= 1:
+            raise ValueError(
+                f"val_fraction + test_fraction = {val_fraction + test_fraction} leaves no training points: make it < 1"
+            )
+        if path is None and (n_points < MIN_POINTS or _split_sizes(n_points, val_fraction, test_fraction)[0] < 1):
+            raise ValueError(
+                f"n_points={n_points} is too small: use n_points >= {MIN_POINTS} with a training split left over "
+                "(realistic runs use 1e4 - 1e6)"
+            )
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size}: must be a positive integer")
+        if num_workers < 0:
+            raise ValueError(f"num_workers={num_workers}: must be >= 0")
+        self.manifold, self.n_points, self.seed = manifold, n_points, seed
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.path, self.cache_dir = path, cache_dir
+        self.train = self.val = self.test = None
+        self.kappa_fs: float | None = None
+        self.split_indices: dict[str, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ files
+    @property
+    def cache_path(self) -> Path | None:
+        """Where the sampled set is cached (None without cache_dir or when loading path)."""
+        if self.path is not None or self.cache_dir is None:
+            return None
+        name = f"{self.surface.name}-{self.surface.fingerprint()}-n{self.n_points}-seed{self.seed}.npz"
+        return Path(self.cache_dir) / name
+
+    def _sample(self):
+        return sample_pointset(self.surface, self.n_points, self.seed, progress=self.n_points > 200_000)
+
+    def prepare_data(self) -> None:
+        """Sample and cache the point set if it is not cached yet (Lightning runs this on one process per node)."""
+        cp = self.cache_path
+        if self.path is not None:
+            if not Path(self.path).exists():
+                raise FileNotFoundError(f"path={self.path!r} does not exist")
+        elif cp is not None and not cp.exists():
+            save_pointset(
+                cp, self._sample(), self.surface, seed=self.seed, extra={"n_requested": self.n_points, "chunk_size": DEFAULT_CHUNK}
+            )
+
+    def _load_points(self) -> CYPoints:
+        if self.path is not None:
+            if is_cymetric_file(self.path):
+                return load_cymetric(self.path, self.surface)
+            try:
+                return load_pointset(self.path, self.surface).points
+            except PointSetError as e:
+                raise PointSetError(f"{e}\n(check manifold / psi / ambient_n / surface_seed match the file)") from e
+        cp = self.cache_path
+        if cp is None:
+            return self._sample()
+        if not cp.exists():
+            self.prepare_data()
+        try:
+            ps = load_pointset(cp, self.surface)
+        except PointSetError as e:
+            raise PointSetError(f"invalid cached point set: {e}\nDelete {cp} and rerun to resample it.") from e
+        meta = ps.metadata
+        if (meta.get("seed"), meta.get("n_requested"), meta.get("chunk_size")) != (self.seed, self.n_points, DEFAULT_CHUNK):
+            raise PointSetError(
+                f"cached point set {cp} was sampled with n_points={meta.get('n_requested')}, seed={meta.get('seed')}, "
+                f"chunk_size={meta.get('chunk_size')}, "
+                f"not n_points={self.n_points}, seed={self.seed}, chunk_size={DEFAULT_CHUNK}. Delete it and rerun to resample it."
+            )
+        return ps.points
+
+    # ------------------------------------------------------------------ splits
+    def setup(self, stage: str | None = None) -> None:
+        """Load (or sample) the points and split them train / val / test by a seeded permutation."""
+        if self.train is not None:
+            return
+        points = self._load_points()
+        n_train, n_val, n_test = _split_sizes(len(points), self.val_fraction, self.test_fraction)
+        if n_train < 1:
+            raise ValueError(
+                f"{len(points)} points are too few for val_fraction={self.val_fraction}, "
+                f"test_fraction={self.test_fraction}: use more points"
+            )
+        perm = torch.randperm(len(points), generator=torch.Generator().manual_seed(self.seed))
+        self.split_indices = {
+            "train": perm[:n_train],
+            "val": perm[n_train : n_train + n_val],
+            "test": perm[n_train + n_val :],
+        }
+        self.train = points[self.split_indices["train"]]
+        self.val = points[self.split_indices["val"]]
+        self.test = points[self.split_indices["test"]]
+        self.kappa_fs = float(kappa(self.train.weights, real_det(self.train.g_fs), self.train.omega_sq))
+
+    # ------------------------------------------------------------------ loaders
+    def _ranks(self) -> tuple[int, int]:
+        t = getattr(self, "trainer", None)
+        return (t.world_size, t.global_rank) if t is not None else (1, 0)
+
+    def _loader(self, points: CYPoints, shuffle: bool) -> DataLoader:
+        if points is None:
+            raise RuntimeError("call setup() before asking for dataloaders")
+        world, rank = self._ranks()
+        sampler = ShardedBatchSampler(len(points), self.batch_size, shuffle, self.seed, world, rank)
+        return DataLoader(
+            PointsDataset(points),
+            sampler=sampler,
+            batch_size=None,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test, shuffle=False)
+
+
+def _split_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int, int]:
+    """(train, val, test) sizes: val and test rounded, at least 1 when their fraction is > 0."""
+    n_val = max(1, round(val_fraction * n)) if val_fraction > 0 else 0
+    n_test = max(1, round(test_fraction * n)) if test_fraction > 0 else 0
+    return n - n_val - n_test, n_val, n_test
