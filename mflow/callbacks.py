@@ -60,7 +60,7 @@ class RunSummary(L.Callback):
         print(f"[mflow] summary: {path}  (val sigma {final['val']:.4g}, gain {summary['gain']['val']:.3g})")
 
     def _ricci(self, module, points):
-        if self.ricci_points <= 0:
+        if self.ricci_points <= 0 or not getattr(module, "has_derivatives", True) or getattr(module, "model", None) is None:
             return None
         p = points[: self.ricci_points]
         dev = module.device

@@ -51,7 +51,7 @@ def ties_for_largest(z: torch.Tensor, rtol: float = 1e-12) -> torch.Tensor:
 
 def local_indices(patch: torch.Tensor, elim: torch.Tensor, n1: int) -> torch.Tensor:
     """Ambient indices of the local coordinates, increasing: [N], [N] -> [N, n-1] int64."""
-    idx = torch.arange(n1).expand(len(patch), n1)
+    idx = torch.arange(n1, device=patch.device).expand(len(patch), n1)
     keep = (idx != patch[:, None]) & (idx != elim[:, None])
     return idx[keep].reshape(len(patch), n1 - 2)
 
@@ -81,7 +81,7 @@ def fs_metric(z: torch.Tensor) -> torch.Tensor:
     = (1/pi) (|z|^2 delta_IJ - conj(z_I) z_J) / |z|^4.
     """
     r2 = (z.abs() ** 2).sum(-1)[..., None, None]
-    eye = torch.eye(z.shape[-1], dtype=CDTYPE)
+    eye = torch.eye(z.shape[-1], dtype=CDTYPE, device=z.device)
     outer = z.conj()[..., :, None] * z[..., None, :]
     return (r2 * eye - outer) / (math.pi * r2**2)
 

@@ -46,7 +46,7 @@ def tangent_ddbar(f: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, J:
         dz = (torch.complex(x[:, :m], x[:, m:])[:, None, :] @ J)[:, 0, :]
         return f(z + dz)
 
-    x0 = torch.zeros(len(z), 2 * m, dtype=torch.float64)
+    x0 = torch.zeros(len(z), 2 * m, dtype=torch.float64, device=z.device)
     return ddbar_from_real_hessian(per_point_hessian(along, x0))
 
 
@@ -60,7 +60,7 @@ def tangent_del(f: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, J: t
     def along(x):
         return f(z + (torch.complex(x[:, :m], x[:, m:])[:, None, :] @ J)[:, 0, :])
 
-    x0 = torch.zeros(len(z), 2 * m, dtype=torch.float64)
+    x0 = torch.zeros(len(z), 2 * m, dtype=torch.float64, device=z.device)
     out = f(z)
     as_real = (lambda y: torch.view_as_real(y)) if out.is_complex() else (lambda y: y)
     real_shape = as_real(out).shape[1:]

@@ -69,11 +69,11 @@ def nearest_neighbours(
     w = z if w is None else w
     block = block or max(16, 2**22 // max(len(w), 1))
     u, v = _unit(z), _unit(w)
-    idx = torch.empty(len(z), dtype=torch.int64)
+    idx = torch.empty(len(z), dtype=torch.int64, device=z.device)
     for i in range(0, len(z), block):
         ov = overlap(u[i : i + block], v)
         if self_query:
-            rows = torch.arange(i, min(i + block, len(z)))
+            rows = torch.arange(i, min(i + block, len(z)), device=z.device)
             ov[rows - i, rows] = -1.0
         idx[i : i + block] = ov.argmax(-1)
     return fs_distance(z, w[idx]), idx

@@ -80,15 +80,16 @@ class Hypersurface:
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
         """p(z): [..., n+1] -> [...]."""
-        return _blocked(lambda zb: (self.coefficients * _monomials(zb, self.monomials)).sum(-1), z, len(self.monomials))
+        c, k = self.coefficients.to(z.device), self.monomials.to(z.device)
+        return _blocked(lambda zb: (c * _monomials(zb, k)).sum(-1), z, len(k))
 
     def gradient(self, z: torch.Tensor) -> torch.Tensor:
         """dp/dz_i: [..., n+1] -> [..., n+1] (holomorphic derivative)."""
-        coord, dk, factor = self._derivative_terms
+        coord, dk, factor = (t.to(z.device) for t in self._derivative_terms)
 
         def grad(zb):
             terms = factor * _monomials(zb, dk)  # [B, T]
-            return torch.zeros(len(zb), self.n + 1, dtype=CDTYPE).index_add(1, coord, terms)
+            return torch.zeros(len(zb), self.n + 1, dtype=CDTYPE, device=zb.device).index_add(1, coord, terms)
 
         return _blocked(grad, z, len(dk))
 
@@ -102,7 +103,8 @@ class Hypersurface:
 
     def residual(self, z: torch.Tensor) -> torch.Tensor:
         """Relative size |p(z)| / sum_m |c_m z^{k_m}| of p at z: [..., n+1] -> [...]."""
-        terms = _blocked(lambda zb: self.coefficients * _monomials(zb, self.monomials), z, len(self.monomials))
+        c, k = self.coefficients.to(z.device), self.monomials.to(z.device)
+        terms = _blocked(lambda zb: c * _monomials(zb, k), z, len(k))
         return terms.sum(-1).abs() / terms.abs().sum(-1).clamp_min(1e-300)
 
     # ------------------------------------------------------------------ identity
@@ -132,7 +134,7 @@ class Hypersurface:
             z = z / z.abs().amax(-1, keepdim=True)
             dp = self.gradient(z)
         g = dp.abs().amax(-1)
-        scale = (self.coefficients.abs() * self.monomials.amax(-1)).sum()
+        scale = float((self.coefficients.abs() * self.monomials.amax(-1)).sum())
         bad = g < tol * scale
         if bad.any():
             i = int(bad.nonzero()[0])
@@ -154,7 +156,7 @@ def _monomials(z: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     for _ in range(int(k.max())):
         powers.append(powers[-1] * zt)
     table = torch.stack(powers)  # [e, n+1, B]
-    rows = (k * n1 + torch.arange(n1)).reshape(-1)
+    rows = (k * n1 + torch.arange(n1, device=z.device)).reshape(-1)
     return table.reshape(-1, B).index_select(0, rows).reshape(len(k), n1, B).prod(1).T
 
 

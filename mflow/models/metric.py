@@ -27,7 +27,7 @@ def invariant_features(z: torch.Tensor) -> torch.Tensor:
     """
     n1 = z.shape[-1]
     P = z[:, :, None] * z.conj()[:, None, :] / (z.abs() ** 2).sum(-1)[:, None, None]
-    iu = torch.triu_indices(n1, n1)
+    iu = torch.triu_indices(n1, n1, device=z.device)
     diag = iu[0] == iu[1]
     vals = P[:, iu[0], iu[1]]
     return torch.cat([vals.real, vals[:, ~diag].imag], -1)
@@ -35,7 +35,7 @@ def invariant_features(z: torch.Tensor) -> torch.Tensor:
 
 def hermitian(v: torch.Tensor, m: int) -> torch.Tensor:
     """Hermitian m x m matrices from m^2 reals (m diagonal, m(m-1)/2 complex upper entries): [N, m^2] -> [N, m, m]."""
-    iu = torch.triu_indices(m, m, offset=1)
+    iu = torch.triu_indices(m, m, offset=1, device=v.device)
     k = iu.shape[1]
     H = torch.diag_embed(v[:, :m].to(torch.complex128))
     upper = torch.complex(v[:, m : m + k], v[:, m + k : m + 2 * k])
@@ -52,7 +52,7 @@ def _scatter_upper(upper: torch.Tensor, iu: torch.Tensor, m: int) -> torch.Tenso
 
 def cholesky_metric(v: torch.Tensor, m: int) -> torch.Tensor:
     """g = L L^dagger, L lower triangular with exp(v) on the diagonal: positive definite by construction."""
-    iu = torch.triu_indices(m, m, offset=1)
+    iu = torch.triu_indices(m, m, offset=1, device=v.device)
     k = iu.shape[1]
     upper = torch.complex(v[:, m : m + k], v[:, m + k : m + 2 * k])
     L = torch.diag_embed(torch.exp(v[:, :m]).to(torch.complex128)) + _scatter_upper(upper, iu, m).conj().transpose(-1, -2)

@@ -39,7 +39,7 @@ def chart_feature_jets(z: torch.Tensor, J: torch.Tensor):
     z [N, n+1], J [N, m, n+1] -> u [N, F], du [N, m, F], ddu [N, m, m, F] (F = 2(n+1)).
     """
     du = torch.cat([J / 2, -1j * J / 2], -1)
-    ddu = torch.zeros(*J.shape[:2], *J.shape[1:2], du.shape[-1], dtype=du.dtype)
+    ddu = torch.zeros(*J.shape[:2], *J.shape[1:2], du.shape[-1], dtype=du.dtype, device=J.device)
     return torch.cat([z.real, z.imag], -1), du, ddu
 
 
@@ -67,7 +67,7 @@ def invariant_feature_jets(z: torch.Tensor, J: torch.Tensor):
         - z[:, None, None, :, None] * Jb[:, None, :, None, :] * s[:, :, None, None, None] / r2**2
         - P[:, None, None] * (JJ[..., None, None] / r2 - 2 * s[:, :, None, None, None] * s.conj()[:, None, :, None, None] / r2**2)
     )  # [N, a, b, i, j]
-    iu = torch.triu_indices(n1, n1)
+    iu = torch.triu_indices(n1, n1, device=z.device)
     off = iu[0] != iu[1]
     io, jo = iu[0][off], iu[1][off]
 
