@@ -1,0 +1,415 @@
+"""Frozen-kernel metric flows (mflow.kernel_flow, mflow.data.clustered): eq. 2.12 against dense references,
+chart handling, prediction, PD policies, checkpoints, bad input, DDP."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from mflow import losses
+from mflow.data.clustered import ClusterBatchSampler, ClusteredDataModule, check_cluster_sizes, cluster_points
+from mflow.geometry import charts, volume
+from mflow.geometry.distance import nearest_neighbours
+from mflow.geometry.hypersurface import manifold
+from mflow.geometry.points import sample
+from mflow.kernel_flow import (
+    KernelFlow,
+    ambient_frame,
+    chart_change,
+    chart_frame,
+    check_labels,
+    dagger,
+    form_to_chart,
+    gradient_to_ambient,
+    gradient_to_chart,
+    hermitian_part,
+    pairing,
+)
+from mflow.kernels.analytic import kernel as make_kernel
+from mflow.modules import NotPositiveDefiniteError
+
+ROOT = Path(__file__).resolve().parent.parent
+GAUSS = {"sigma": 0.3}
+
+
+@pytest.fixture(scope="module")
+def pts(quintic):
+    return sample(quintic, 90, seed=11)
+
+
+@pytest.fixture(scope="module")
+def split(pts):
+    train, test = pts[:60], pts[60:]
+    kappa = float(volume.kappa(train.weights, volume.real_det(train.g_fs), train.omega_sq))
+    return train, test, kappa
+
+
+def flow(train, kappa, labels=None, **kw):
+    kw.setdefault("kernel", "gaussian")
+    kw.setdefault("kernel_params", GAUSS if kw["kernel"] == "gaussian" else {})
+    return KernelFlow(**kw).attach(train, kappa, labels)
+
+
+def second_chart(surface, z):
+    """For each point, the chart of its second-largest coordinate (another valid chart at the same point)."""
+    patch2 = z.abs().topk(2, -1).indices[:, 1]
+    z2 = charts.to_patch(z, patch2)
+    return patch2, charts.eliminated_coordinate(surface.gradient(z2), patch2)
+
+
+def sigma_grad(points, g, kappa):
+    g = g.clone().requires_grad_(True)
+    loss = losses.sigma_loss(g, {"weights": points.weights, "omega_sq": points.omega_sq}, torch.tensor(kappa, dtype=torch.float64))
+    return hermitian_part(torch.autograd.grad(loss, g)[0])
+
+
+# ----------------------------------------------------------------------------- dense references
+def dense_update(surface, points, G, K, mode):
+    """sum_b K_ab G~_ab, all pairs at once (no loop over points): the reference for eq. 2.12."""
+    n, m = len(points), G.shape[-1]
+    a, b = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+    a, b = a.flatten(), b.flatten()
+    if mode == "transform":  # G(x_b) moved into the chart of x_a, at x_b
+        T = chart_change(surface, points.z[b], points.patch[b], points.elim[b], points.patch[a], points.elim[a])
+        Gt = gradient_to_chart(T, G[b]).reshape(n, n, m, m)
+        return torch.einsum("ab,abij->aij", K.to(Gt.dtype), Gt)
+    if mode == "ambient":  # E_ab = F(x_a) F(x_b)^H
+        F = ambient_frame(points.z, points.pullback)
+        E = (F[a] @ dagger(F[b])).reshape(n, n, m, m)
+        return torch.einsum("ab,abij,bjk,ablk->ail", K.to(E.dtype), E, G, E.conj())
+    return torch.einsum("ab,bij->aij", K.to(G.dtype), G)  # literal: components added as they are
+
+
+@pytest.mark.parametrize("mode", ["ambient", "transform"])
+@pytest.mark.parametrize("cache_mb", [0.0, 64.0])
+def test_one_step_is_eq_2_12_dense(quintic, split, mode, cache_mb):
+    train, _, kappa = split
+    lr = 1e-4
+    f = flow(train, kappa, chart_mode=mode, lr=lr, block=16, cache_mb=cache_mb, pd_policy="backtrack")
+    K = make_kernel("gaussian", **GAUSS).matrix(train)
+    G = sigma_grad(train, train.g_fs, kappa)
+    U = dense_update(quintic, train, G, K, mode)
+    assert torch.allclose(f._update(torch.arange(60), torch.arange(60), G, shard=False), U, rtol=1e-10, atol=1e-12)
+    info = f.flow_step()
+    # transform mode: G(x') moved to the chart of a distant x can be ~1e4 x larger (||T^-1|| up to ~1e4 on
+    # these points), so even lr = 1e-4 needs backtracking there; ambient mode does not
+    assert (info["scale"] == 1.0) == (mode == "ambient")
+    want = train.g_fs - lr * info["scale"] * U
+    assert torch.allclose(f.metric, want, rtol=1e-10, atol=1e-13)
+    assert torch.allclose(f.coeff, lr * info["scale"] * G, rtol=1e-10, atol=1e-17)
+    # the kernel expansion reproduces the state at the train points
+    g_pred = f.kernel_sum(f._rows(torch.arange(f.n_train)), f._rows(torch.arange(f.n_train)), f.coeff)
+    assert torch.allclose(train.g_fs - g_pred, f.metric, rtol=1e-10, atol=1e-13)
+
+
+def test_reject_mode_keeps_one_chart_and_adds_components(quintic, pts):
+    kappa = float(volume.kappa(pts.weights, volume.real_det(pts.g_fs), pts.omega_sq))
+    f = flow(pts, kappa, chart_mode="reject", lr=1e-4)
+    ids, counts = torch.unique(pts.chart_id, return_counts=True)
+    kept = pts[pts.chart_id == ids[counts.argmax()]]
+    assert f.n_train == int(counts.max()) and torch.equal(f.train_z, kept.z)
+    assert (f.row_of >= 0).sum() == f.n_train
+    f.flow_step()
+    K = make_kernel("gaussian", **GAUSS).matrix(kept)
+    G = sigma_grad(kept, kept.g_fs, kappa)
+    assert torch.allclose(f.metric, kept.g_fs - 1e-4 * dense_update(quintic, kept, G, K, "reject"), rtol=1e-10, atol=1e-13)
+    # a point of another chart gets the reference-chart prediction transformed as a form
+    other = pts[pts.chart_id != ids[counts.argmax()]][:5]
+    ref = f.ref_chart
+    z_ref, J_ref = chart_frame(quintic, other.z, ref[0].expand(5), ref[1].expand(5))
+    S_ref = (make_kernel("gaussian", **GAUSS).matrix(z_ref, kept.z).to(torch.complex128)[:, :, None, None] * f.coeff).sum(1)
+    T = chart_change(quintic, other.z, ref[0].expand(5), ref[1].expand(5), other.patch, other.elim)
+    assert torch.allclose(f.predict_metric(other), other.g_fs - form_to_chart(T, S_ref), rtol=1e-9, atol=1e-13)
+
+
+def test_unclustered_blocked_apply_equals_dense_and_never_builds_the_matrix(quintic, split, monkeypatch):
+    train, test, kappa = split
+    f = flow(train, kappa, lr=1e-4, block=7, cache_mb=0.0)
+    monkeypatch.setattr(type(f.kernel), "matrix", lambda *a, **k: pytest.fail("cache_mb=0 must not build K"))
+    rows = torch.arange(0, 60, 3)  # a mini batch B: every train point is updated from B
+    f.flow_step(rows)
+    K = make_kernel("gaussian", **GAUSS).block(train, train[rows])
+    G = sigma_grad(train[rows], train.g_fs[rows], kappa)
+    F = ambient_frame(train.z, train.pullback)
+    E = F[:, None] @ dagger(F[rows])[None]
+    want = train.g_fs - 1e-4 * torch.einsum("ab,abij,bjk,ablk->ail", K.to(E.dtype), E, G, E.conj())
+    assert torch.allclose(f.metric, want, rtol=1e-10, atol=1e-13)
+    # prediction at new points: g_FS - sum_x' k C~, blocked, equals the dense sum
+    Kt = make_kernel("gaussian", **GAUSS).block(test, train)
+    Ft = ambient_frame(test.z, test.pullback)
+    Et = Ft[:, None] @ dagger(F)[None]
+    pred = test.g_fs - torch.einsum("ab,abij,bjk,ablk->ail", Kt.to(Et.dtype), Et, f.coeff, Et.conj())
+    assert torch.allclose(f.predict_metric(test), pred, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("mode", ["ambient", "transform"])
+def test_delta_kernel_predicts_the_nearest_train_points_update(quintic, split, mode):
+    train, test, kappa = split
+    f = flow(train, kappa, kernel="delta", chart_mode=mode, lr=0.05)
+    for _ in range(3):
+        f.flow_step()
+    assert torch.allclose(f.predict_metric(train), f.metric)
+    _, nn = nearest_neighbours(test.z, train.z)
+    C = f.coeff[nn]
+    if mode == "ambient":
+        E = ambient_frame(test.z, test.pullback) @ dagger(ambient_frame(train.z[nn], train.pullback[nn]))
+        upd = E @ C @ dagger(E)
+    else:
+        T = chart_change(quintic, train.z[nn], train.patch[nn], train.elim[nn], test.patch, test.elim)
+        upd = gradient_to_chart(T, C)
+    assert torch.allclose(f.predict_metric(test), test.g_fs - upd, rtol=1e-10, atol=1e-14)
+    # on the train set the Delta kernel is the identity: each point flows on its own gradient
+    g = f.metric.clone()
+    G = sigma_grad(train, g, kappa)
+    f.flow_step()
+    assert torch.allclose(f.metric, g - 0.05 * (G if mode == "transform" else train.g_fs @ G @ train.g_fs), rtol=1e-10, atol=1e-14)
+
+
+def test_clustered_flow_updates_one_cluster_and_predicts_from_the_nearest_cluster(quintic, split):
+    train, test, kappa = split
+    labels = cluster_points(train, quintic, 3, 60, seed=0)
+    f = flow(train, kappa, labels, lr=1e-3)
+    rows = (labels == 1).nonzero().flatten()
+    f.flow_step(rows)
+    untouched = labels != 1
+    assert torch.equal(f.metric[untouched], train.g_fs[untouched])
+    K = make_kernel("gaussian", **GAUSS).matrix(train[rows])
+    G = sigma_grad(train[rows], train.g_fs[rows], kappa)
+    want = train.g_fs[rows] - 1e-3 * dense_update(quintic, train[rows], G, K, "ambient")
+    assert torch.allclose(f.metric[rows], want, rtol=1e-10, atol=1e-13)
+    _, nn = nearest_neighbours(test.z, train.z)
+    in1 = labels[nn] == 1
+    assert torch.equal(f.predict_metric(test)[~in1], test.g_fs[~in1])
+    assert not torch.allclose(f.predict_metric(test)[in1], test.g_fs[in1])
+    assert torch.allclose(f.predict_metric(train), f.metric)
+
+
+# ----------------------------------------------------------------------------- charts
+def test_gradient_moves_contragrediently_pairing_is_chart_invariant(quintic, pts):
+    patch2, elim2 = second_chart(quintic, pts.z)
+    T = chart_change(quintic, pts.z, pts.patch, pts.elim, patch2, elim2)
+    z2, J2 = chart_frame(quintic, pts.z, patch2, elim2)
+    assert torch.allclose(form_to_chart(T, pts.g_fs), charts.pull_back(J2, charts.fs_metric(z2)), atol=1e-13)
+    gen = torch.Generator().manual_seed(0)
+    G = hermitian_part(torch.randn(len(pts), 3, 3, dtype=torch.complex128, generator=gen))
+    dg = hermitian_part(torch.randn(len(pts), 3, 3, dtype=torch.complex128, generator=gen))
+    assert torch.allclose(pairing(gradient_to_chart(T, G), form_to_chart(T, dg)), pairing(G, dg), rtol=1e-10, atol=1e-12)
+    # and it is the gradient of the same loss written in the other chart: L(g_to) = L(T^-1 g_to T^-H)
+    Ti = torch.linalg.inv(T)
+    g_to = form_to_chart(T, pts.g_fs).requires_grad_(True)
+    batch = {"weights": pts.weights, "omega_sq": pts.omega_sq}
+    loss = losses.ultra_local_square(form_to_chart(Ti, g_to), batch, torch.tensor(0.0176, dtype=torch.float64))
+    (G_to,) = torch.autograd.grad(loss, g_to)
+    g_from = pts.g_fs.clone().requires_grad_(True)
+    (G_from,) = torch.autograd.grad(losses.ultra_local_square(g_from, batch, torch.tensor(0.0176, dtype=torch.float64)), g_from)
+    assert torch.allclose(G_to, gradient_to_chart(T, G_from), rtol=1e-9, atol=1e-9 * float(G_to.abs().max()))
+
+
+def test_ambient_mode_is_chart_free(quintic, split):
+    train, test, kappa = split
+    patch2, elim2 = second_chart(quintic, test.z)
+    T = chart_change(quintic, test.z, test.patch, test.elim, patch2, elim2)
+    z2, J2 = chart_frame(quintic, test.z, patch2, elim2)
+    F1, F2 = ambient_frame(test.z, test.pullback), ambient_frame(z2, J2)
+    assert torch.allclose(F1 @ dagger(F1), test.g_fs, atol=1e-14)
+    phase = (F2 * (T @ F1).conj()).sum((-1, -2)) / ((T @ F1).abs() ** 2).sum((-1, -2))
+    assert torch.allclose(phase.abs(), torch.ones(len(test), dtype=torch.float64))
+    assert torch.allclose(F2, phase[:, None, None] * (T @ F1), atol=1e-13)
+    G = sigma_grad(test, test.g_fs, kappa)
+    assert torch.allclose(gradient_to_ambient(F1, G), gradient_to_ambient(F2, gradient_to_chart(T, G)), atol=1e-12)
+    # the flow's prediction at a point written in another chart is the same form, transformed
+    f = flow(train, kappa, lr=1e-3)
+    f.flow_step()
+    d1 = {"z": test.z, "patch": test.patch, "elim": test.elim, "pullback": test.pullback, "g_fs": test.g_fs}
+    d2 = {"z": z2, "patch": patch2, "elim": elim2, "pullback": J2, "g_fs": form_to_chart(T, test.g_fs)}
+    assert torch.allclose(f.predict_metric(d2), form_to_chart(T, f.predict_metric(d1)), rtol=1e-9, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- positive definiteness
+def test_pd_policies(split):
+    train, _, kappa = split
+    big = 1e4
+    f = flow(train, kappa, kernel="delta", lr=big, chart_mode="transform", pd_policy="stop")
+    with pytest.raises(NotPositiveDefiniteError, match="pd_policy=stop"):
+        f.flow_step()
+    assert torch.equal(f.metric, train.g_fs) and int(f.flow_steps) == 0  # nothing applied
+
+    f = flow(train, kappa, kernel="delta", lr=big, chart_mode="transform", pd_policy="backtrack")
+    info = f.flow_step()
+    assert 0 < info["scale"] < 1 and info["backtracks"] == int(f.pd_counts[0]) > 0
+    assert not torch.equal(f.metric, train.g_fs)
+    assert (torch.linalg.eigvalsh(f.metric) > 0).all()
+    G = sigma_grad(train, train.g_fs, kappa)
+    assert torch.allclose(f.metric, train.g_fs - big * info["scale"] * G)
+
+    f = flow(train, kappa, kernel="delta", lr=big, chart_mode="transform", pd_policy="backtrack", max_backtracks=2)
+    with pytest.raises(NotPositiveDefiniteError, match="halving the step 2 times"):
+        f.flow_step()
+
+    lr = big  # the points with eta > 1 go non-PD, those with eta < 1 do not
+    f = flow(train, kappa, kernel="delta", lr=lr, chart_mode="transform", pd_policy="clip")
+    trial = train.g_fs - lr * G
+    bad = torch.linalg.cholesky_ex(trial)[1] != 0
+    assert 0 < bad.sum() < len(bad)
+    info = f.flow_step()
+    assert info["clipped"] == int(bad.sum()) == int(f.pd_counts[1]) and info["skipped"] == 0
+    assert torch.equal(f.metric[bad], train.g_fs[bad])  # skipped there
+    assert torch.allclose(f.metric[~bad], trial[~bad])
+    assert torch.equal(f.coeff[bad], torch.zeros_like(f.coeff[bad]))  # consistent with predictions
+    assert torch.allclose(f.predict_metric(train[:59])[~bad[:59]], trial[:59][~bad[:59]])
+
+
+# ----------------------------------------------------------------------------- Lightning, checkpoints
+def _dm(tmp_path, **kw):
+    kw.setdefault("n_clusters", 2)
+    kw.setdefault("cluster_batch_size", 40)
+    return ClusteredDataModule(n_points=160, val_fraction=0.25, test_fraction=0.25, batch_size=32,
+                               cache_dir=str(tmp_path / "data"), seed=5, **kw)
+
+
+def _trainer(tmp_path, **kw):
+    return L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                     default_root_dir=str(tmp_path), inference_mode=False, **kw)
+
+
+def test_fit_validate_test_and_checkpoint_round_trip(tmp_path):
+    dm = _dm(tmp_path)
+    model = KernelFlow(kernel="gaussian", kernel_params={"sigma": 0.05}, lr=0.03, reduction="sum", steps_per_batch=2)
+    trainer = _trainer(tmp_path, max_epochs=3, enable_checkpointing=False)
+    trainer.fit(model, datamodule=dm)
+    assert int(model.flow_steps) == 3 * 2 * 2  # epochs x clusters x steps per batch
+    m = trainer.callback_metrics
+    assert m["train/gain"] > 1.5 and float(m["val/sigma"]) > 0 and "val/gain" in m
+    (res,) = trainer.test(model, datamodule=dm, verbose=False)
+    assert res["test/sigma"] == pytest.approx(float(model.sigma_on(dm.test)), rel=1e-9)
+    ckpt = tmp_path / "flow.ckpt"
+    trainer.save_checkpoint(ckpt)
+    meta = torch.load(ckpt, weights_only=False)["mflow"]
+    assert meta["kind"] == "kernel_flow" and meta["kernel_params"] == {"sigma": 0.05}
+    back = KernelFlow.load_from_checkpoint(ckpt)
+    assert back.n_train == model.n_train and bool(back.clustered)
+    for split in (dm.train, dm.val, dm.test):
+        assert torch.equal(back.predict_metric(split), model.predict_metric(split))
+    # resuming the fit continues the flow from the checkpoint
+    model2 = KernelFlow(kernel="gaussian", kernel_params={"sigma": 0.05}, lr=0.03, reduction="sum", steps_per_batch=2)
+    _trainer(tmp_path, max_epochs=4, enable_checkpointing=False).fit(model2, datamodule=dm, ckpt_path=ckpt)
+    assert int(model2.flow_steps) == 16
+    # checkpoints of another kind / kernel are refused
+    bad = torch.load(ckpt, weights_only=False)
+    bad["mflow"]["kind"] = "network"
+    torch.save(bad, tmp_path / "bad.ckpt")
+    with pytest.raises(ValueError, match="not a kernel flow"):
+        KernelFlow.load_from_checkpoint(tmp_path / "bad.ckpt")
+    with pytest.raises(ValueError, match="kernel, params, chart_mode"):
+        KernelFlow.load_from_checkpoint(ckpt, kernel_params={"sigma": 0.1})
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_bad_input_is_refused_with_clear_errors(quintic, split, tmp_path):
+    train, _, kappa = split
+    with pytest.raises(ValueError, match="sigma must be finite and > 0"):
+        KernelFlow(kernel="gaussian", kernel_params={"sigma": -1.0})
+    with pytest.raises(ValueError, match="sigma_w"):
+        KernelFlow(kernel="relu", kernel_params={"depth": 1, "sigma_w": 0.0})
+    with pytest.raises(ValueError, match="bad kernel_params"):
+        KernelFlow(kernel="gaussian", kernel_params={"width": 1.0})
+    with pytest.raises(ValueError, match="unknown kernel"):
+        KernelFlow(kernel="laplace")
+    with pytest.raises(ValueError, match="not a metric loss"):
+        KernelFlow(loss="ricci")
+    for kw in ({"lr": -1.0}, {"lr_step_decay": 0.0}, {"chart_mode": "x"}, {"pd_policy": "x"}, {"block": 0}):
+        with pytest.raises(ValueError):
+            KernelFlow(**kw)
+    # an empty cluster
+    labels = torch.zeros(len(train), dtype=torch.int64)
+    labels[:30] = 2
+    with pytest.raises(ValueError, match=r"cluster\(s\) \[1\] of 3 are empty"):
+        check_labels(labels, len(train), 3)
+    with pytest.raises(ValueError, match="are empty"):
+        KernelFlow().attach(train, kappa, labels)
+    with pytest.raises(ValueError, match="are empty"):
+        check_cluster_sizes(labels, 3)
+    # points of another manifold: another P^n, or the same P^4 but another quintic
+    k3 = sample(manifold("fermat_quartic"), 20, seed=0)
+    with pytest.raises(ValueError, match="another manifold"):
+        KernelFlow().attach(k3, kappa)
+    dwork = sample(manifold("dwork", psi=0.5), 20, seed=0)
+    with pytest.raises(ValueError, match="not on fermat_quintic"):
+        KernelFlow().attach(dwork, kappa)
+    with pytest.raises(ValueError, match="not on fermat_quintic"):
+        cluster_points(dwork, quintic, 2, 20)
+    # NaNs
+    nan = train[:10]
+    nan.weights = nan.weights.clone()
+    nan.weights[3] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        KernelFlow().attach(nan, kappa)
+    with pytest.raises(ValueError, match="NaN"):
+        cluster_points(nan, quintic, 2, 10)
+    # datamodule arguments
+    with pytest.raises(ValueError, match="n_clusters"):
+        _dm(tmp_path, n_clusters=0)
+    with pytest.raises(ValueError, match="merge"):
+        _dm(tmp_path, merge="best")
+    dm = _dm(tmp_path, n_clusters=100, cluster_batch_size=200)
+    with pytest.raises(ValueError, match="exceeds the 80 train points"):
+        dm.setup()
+
+
+def test_cluster_sampler_shares_clusters_out_without_repeats():
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 2, 0, 1, 1, 0])
+    one = [b.tolist() for b in ClusterBatchSampler(labels, 3, shuffle=True, seed=1)]
+    assert sorted(map(tuple, one)) == [(0, 3, 7, 10), (1, 4, 8, 9), (2, 5, 6)]
+    ranks = [[b.tolist() for b in ClusterBatchSampler(labels, 3, True, 1, num_replicas=2, rank=r)] for r in (0, 1)]
+    assert [len(r) for r in ranks] == [2, 2] and ranks[1][-1] == []  # padded with an empty batch
+    assert sorted(map(tuple, [b for r in ranks for b in r if b])) == sorted(map(tuple, one))
+
+
+# ----------------------------------------------------------------------------- DDP
+DDP_SCRIPT = r'''
+import sys, torch, lightning as L
+from mflow.data.clustered import ClusteredDataModule
+from mflow.data.datamodule import CYDataModule
+from mflow.kernel_flow import KernelFlow
+devices, cache, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+torch.set_num_threads(1)
+res = {}
+for clustered in (True, False):
+    kw = dict(n_points=200, val_fraction=0.25, test_fraction=0.25, batch_size=100 if clustered else 200, cache_dir=cache, seed=2)
+    dm = ClusteredDataModule(n_clusters=3, cluster_batch_size=100, **kw) if clustered else CYDataModule(**kw)
+    model = KernelFlow(kernel="gaussian", kernel_params={"sigma": 0.05}, lr=0.03, reduction="sum", cache_mb=0.0, block=16,
+                       lr_step_decay=0.9)
+    trainer = L.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", max_epochs=3,
+                        logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                        inference_mode=False, num_sanity_val_steps=0)
+    trainer.fit(model, datamodule=dm)
+    res[clustered] = {"metric": model.metric, "coeff": model.coeff, "steps": int(model.flow_steps),
+                      "pd": model.pd_counts.tolist(), "val_sigma": float(trainer.callback_metrics["val/sigma"])}
+if trainer.is_global_zero:
+    torch.save(res, out)
+'''
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one(tmp_path):
+    """2 CPU processes (gloo) give the same flow as one: clusters shared out / kernel rows shared out (~3 min)."""
+    script = tmp_path / "ddp_flow.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    res = {}
+    for devices in (1, 2):
+        out = tmp_path / f"out{devices}.pt"
+        p = subprocess.run([sys.executable, str(script), str(devices), str(tmp_path / "data"), str(out)],
+                           capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+        assert p.returncode == 0, p.stderr[-3000:]
+        res[devices] = torch.load(out)
+    for clustered, steps in ((True, 9), (False, 3)):
+        one, two = res[1][clustered], res[2][clustered]
+        assert torch.allclose(one["metric"], two["metric"], rtol=1e-12, atol=1e-15)
+        assert torch.allclose(one["coeff"], two["coeff"], rtol=1e-12, atol=1e-15)
+        assert one["val_sigma"] == pytest.approx(two["val_sigma"], rel=1e-10)
+        assert one["steps"] == two["steps"] == steps and one["pd"] == two["pd"]
+        assert one["coeff"].abs().max() > 0
