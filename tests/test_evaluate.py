@@ -47,7 +47,8 @@ def test_eval_json_has_train_test_noised_sections_and_gains(tiny_ckpt, tmp_path)
         assert r[s]["gain"] == pytest.approx(r[s]["sigma_fs"] / r[s]["sigma"])
         assert r[s]["ricci"]["model"] > 0 and r[s]["ricci"]["fs"] > 0
     assert r["train"]["n"] == 480 and r["test"]["n"] == 300 and r["test"]["seed"] == evaluation.DEFAULT_SEED
-    assert 0.37 < r["test"]["sigma_fs"] < 0.4 and r["train"]["sigma"] == pytest.approx(0.3719, abs=0.02)
+    # one epoch on 480 points barely moves the metric from its initial value (near g_FS)
+    assert 0.37 < r["test"]["sigma_fs"] < 0.4 and r["train"]["sigma"] == pytest.approx(r["train"]["sigma_fs"], rel=0.15)
     gauss, onx = r["noised"]["gaussian"], r["noised"]["manifold"]
     assert [e["variance"] for e in gauss] == [1e-6, 1e-4, 1e-2] and [e["distance"] for e in onx] == [0.003, 0.03, 0.2]
     for e in gauss + onx:
