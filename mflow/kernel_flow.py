@@ -71,8 +71,9 @@ from .geometry.hypersurface import surface_from_args
 from .geometry.points import CYPoints
 from .kernels.analytic import DEFAULT_BLOCK, KERNELS, Kernel
 from .kernels.analytic import kernel as make_kernel
+from .kernels.clustering import check_labels
 from .metrics import SigmaMeasure
-from .modules import CHECKPOINT_FORMAT, NotPositiveDefiniteError, check_checkpoint
+from .modules import CHECKPOINT_FORMAT, NotPositiveDefiniteError, check_checkpoint, datamodule_of
 
 CHART_MODES = ("ambient", "transform", "reject")
 PD_POLICIES = ("backtrack", "clip", "stop")
@@ -170,28 +171,6 @@ def _as_dict(points) -> dict:
         return {"z": points.z, "patch": points.patch, "elim": points.elim, "pullback": points.pullback,
                 "g_fs": points.g_fs, "weights": points.weights, "omega_sq": points.omega_sq}
     return points
-
-
-def check_labels(labels: torch.Tensor, n_points: int, n_clusters: int | None = None) -> torch.Tensor:
-    """Cluster labels [N] int64 in [0, n_clusters): refuse wrong shapes and empty clusters."""
-    labels = torch.as_tensor(labels)
-    if labels.shape != (n_points,) or labels.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"cluster labels must be {n_points} integers, got {tuple(labels.shape)} {labels.dtype}")
-    labels = labels.to(torch.int64)
-    if n_points and labels.min() < 0:
-        raise ValueError("cluster labels must be >= 0")
-    k = int(labels.max()) + 1 if n_points else 0
-    k = k if n_clusters is None else n_clusters
-    counts = torch.bincount(labels, minlength=k)
-    if len(counts) > k:
-        raise ValueError(f"cluster labels go up to {len(counts) - 1}, but there are {k} clusters")
-    empty = (counts == 0).nonzero().flatten().tolist()
-    if empty:
-        raise ValueError(
-            f"cluster(s) {empty[:10]} of {k} are empty: every cluster needs at least one point "
-            "(use fewer clusters or more points)"
-        )
-    return labels
 
 
 # ----------------------------------------------------------------------------- the module
@@ -631,14 +610,9 @@ class KernelFlow(L.LightningModule):
 
     # ------------------------------------------------------------------ Lightning
     def setup(self, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        dm = datamodule_of(self)
         if dm is None:
             return
-        if dm.surface.fingerprint() != self.surface.fingerprint():
-            raise ValueError(
-                f"the data are on {dm.surface.name} but the model was built for {self.surface.name}: "
-                "use the same manifold settings for data and model"
-            )
         if stage == "fit" and self.n_train == 0:
             labels = getattr(dm, "cluster_labels", None)
             self.attach(dm.train, float(dm.kappa_fs), labels)

@@ -93,14 +93,9 @@ class NetworkFlow(L.LightningModule):
 
     # ------------------------------------------------------------------ set-up
     def setup(self, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        dm = datamodule_of(self)
         if dm is None:
             return
-        if dm.surface.fingerprint() != self.surface.fingerprint():
-            raise ValueError(
-                f"the data are on {dm.surface.name} but the model was built for {self.surface.name}: "
-                "use the same manifold settings for data and model"
-            )
         if torch.isnan(self.kappa):
             self.kappa.fill_(float(dm.kappa_fs))
 
@@ -193,6 +188,17 @@ class NetworkFlow(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         check_checkpoint(checkpoint, self.surface)
+
+
+def datamodule_of(module: L.LightningModule):
+    """The trainer's datamodule (None outside a Trainer), refused if its manifold is not the module's."""
+    dm = getattr(module.trainer, "datamodule", None) if module._trainer is not None else None
+    if dm is not None and dm.surface.fingerprint() != module.surface.fingerprint():
+        raise ValueError(
+            f"the data are on {dm.surface.name} but the model was built for {module.surface.name}: "
+            "use the same manifold settings for data and model"
+        )
+    return dm
 
 
 def check_checkpoint(checkpoint: dict, surface) -> None:

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from mflow import losses
-from mflow.data.clustered import ClusterBatchSampler, ClusteredDataModule, check_cluster_sizes, cluster_points
+from mflow.data.clustered import ClusterBatchSampler, ClusteredDataModule, cluster_points
+from mflow.kernels.clustering import check_labels
 from mflow.geometry import charts, volume
 from mflow.geometry.distance import nearest_neighbours
 from mflow.geometry.hypersurface import manifold
@@ -20,7 +21,6 @@ from mflow.kernel_flow import (
     ambient_frame,
     chart_change,
     chart_frame,
-    check_labels,
     dagger,
     form_to_chart,
     gradient_to_ambient,
@@ -330,8 +330,6 @@ def test_bad_input_is_refused_with_clear_errors(quintic, split, tmp_path):
         check_labels(labels, len(train), 3)
     with pytest.raises(ValueError, match="are empty"):
         KernelFlow().attach(train, kappa, labels)
-    with pytest.raises(ValueError, match="are empty"):
-        check_cluster_sizes(labels, 3)
     # points of another manifold: another P^n, or the same P^4 but another quintic
     k3 = sample(manifold("fermat_quartic"), 20, seed=0)
     with pytest.raises(ValueError, match="another manifold"):

@@ -15,7 +15,7 @@ import math
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from mflow.kernels.clustering import LINKAGES, MERGES, batched_clustering
+from mflow.kernels.clustering import LINKAGES, MERGES, batched_clustering, check_labels
 
 from .datamodule import CYDataModule, PointsDataset
 
@@ -157,19 +157,6 @@ def cluster_points(points, surface, n_clusters: int, cluster_batch_size: int, se
     if n_clusters > len(points):
         raise ValueError(f"n_clusters = {n_clusters} exceeds the {len(points)} train points: use fewer clusters")
     labels = batched_clustering(points.z, n_clusters, min(cluster_batch_size, len(points)), seed, merge, linkage)
-    check_cluster_sizes(labels, n_clusters)
-    return labels
+    return check_labels(labels, len(points), n_clusters)
 
 
-def check_cluster_sizes(labels: torch.Tensor, n_clusters: int) -> torch.Tensor:
-    """Sizes of the clusters [n_clusters]; ValueError naming the empty ones."""
-    counts = torch.bincount(torch.as_tensor(labels, dtype=torch.int64), minlength=n_clusters)
-    if len(counts) > n_clusters:
-        raise ValueError(f"cluster labels go up to {len(counts) - 1} but n_clusters = {n_clusters}")
-    empty = (counts == 0).nonzero().flatten().tolist()
-    if empty:
-        raise ValueError(
-            f"cluster(s) {empty[:10]} of {n_clusters} are empty: use fewer clusters, more points or a larger "
-            "cluster_batch_size"
-        )
-    return counts

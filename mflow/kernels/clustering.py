@@ -187,3 +187,25 @@ def cluster_figure(
     fig.suptitle(f"FS distance, {len(z)} points, {n_clusters} clusters (ARI batched vs full = {ari:.3f})")
     _write_png_atomic(fig, path)
     return {"path": str(path), "ari": ari, "labels_batched": batched, "labels_full": full}
+
+
+def check_labels(labels: torch.Tensor, n_points: int, n_clusters: int | None = None) -> torch.Tensor:
+    """Cluster labels [N] int64 in [0, n_clusters): refuse wrong shapes and empty clusters."""
+    labels = torch.as_tensor(labels)
+    if labels.shape != (n_points,) or labels.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"cluster labels must be {n_points} integers, got {tuple(labels.shape)} {labels.dtype}")
+    labels = labels.to(torch.int64)
+    if n_points and labels.min() < 0:
+        raise ValueError("cluster labels must be >= 0")
+    k = int(labels.max()) + 1 if n_points else 0
+    k = k if n_clusters is None else n_clusters
+    counts = torch.bincount(labels, minlength=k)
+    if len(counts) > k:
+        raise ValueError(f"cluster labels go up to {len(counts) - 1}, but there are {k} clusters")
+    empty = (counts == 0).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(
+            f"cluster(s) {empty[:10]} of {k} are empty: every cluster needs at least one point "
+            "(use fewer clusters or more points)"
+        )
+    return labels
