@@ -114,8 +114,7 @@ class NetworkFlow(L.LightningModule):
         out = []
         for i in range(0, len(points), block):
             b = points_batch(points[i : i + block])
-            with torch.enable_grad() if self.model.head == "phifs" else torch.no_grad():
-                out.append(self.metric(_to(b, self.device)).detach().cpu())
+            out.append(self.metric(_to(b, self.device)).cpu())
         return torch.cat(out)
 
     def sigma_on(self, points: CYPoints) -> torch.Tensor:
@@ -164,8 +163,7 @@ class NetworkFlow(L.LightningModule):
         self.val_loss.reset()
 
     def test_step(self, batch, batch_idx):
-        with torch.enable_grad():
-            g = self.metric(batch)
+        g = self.metric(batch)
         self.test_sigma.update(volume.real_det(g), batch["omega_sq"], batch["weights"])
 
     def on_test_epoch_end(self):
