@@ -1,7 +1,9 @@
 """Training benchmark: seconds per epoch on 100k Fermat-quintic points (MultFS, PhiFS), sigma against
-wall time, and the Ricci measure on 10k points. Writes bench/results/training.json.
+wall time, the Ricci measure on 10k points, and the cost of the NTKDrift callback that the network
+configs switch on (--only drift: conf/default.yaml and conf/best.yaml with and without it).
+Writes bench/results/training.json (training-<only>.json with --only).
 
-    python bench/bench_training.py [--epochs 10] [--points 100000]
+    python bench/bench_training.py [--epochs 10] [--points 100000] [--only multfs|phifs|ricci|drift]
 """
 import argparse
 import json
@@ -58,11 +60,21 @@ def ricci_timing(n=10_000):
     return {"points": n, "seconds": time.perf_counter() - t, "ricci_measure_fs": float(measure)}
 
 
+def drift_overhead(epochs, points):
+    """Seconds per epoch of the network configs with their NTKDrift callback and without it."""
+    out = {}
+    for name, config in (("default", "conf/default.yaml"), ("best", "conf/best.yaml")):
+        on = run(f"{name}-drift", config, epochs, points)["seconds_per_epoch"]
+        off = run(f"{name}-nodrift", config, epochs, points, ["--trainer.callbacks=[]"])["seconds_per_epoch"]
+        out[name] = {"with_drift": on, "without": off, "overhead": on / off - 1}
+    return out
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--points", type=int, default=100_000)
-    ap.add_argument("--only", choices=["multfs", "phifs", "ricci"], default=None)
+    ap.add_argument("--only", choices=["multfs", "phifs", "ricci", "drift"], default=None)
     a = ap.parse_args()
     torch.set_num_threads(1)
     results = {"machine": {"threads": torch.get_num_threads(), "torch": torch.__version__}}
@@ -72,7 +84,9 @@ if __name__ == "__main__":
         results["multfs"] = run("multfs", "conf/multfs_gelu.yaml", a.epochs, a.points)
     if a.only in (None, "phifs"):
         results["phifs"] = run("phifs", "conf/phifs.yaml", a.epochs, a.points)
+    if a.only in (None, "drift"):
+        results["drift_overhead"] = drift_overhead(a.epochs, a.points)
     path = OUT / (f"training-{a.only}.json" if a.only else "training.json")
     write_json(path, results)
-    print(json.dumps({k: (v if k == "machine" or k.startswith("ricci") else {"seconds_per_epoch": v["seconds_per_epoch"],
+    print(json.dumps({k: (v if k in ("machine", "drift_overhead") or k.startswith("ricci") else {"seconds_per_epoch": v["seconds_per_epoch"],
                       "last": v["sigma_vs_time"][-1] if v["sigma_vs_time"] else None}) for k, v in results.items()}, indent=1))

@@ -218,7 +218,7 @@ def config_yaml(settings: dict, trial: dict) -> str:
     kp, lr = kernel_params_of(settings, trial["params"])
     steps = settings["steps"]
     cfg = {
-        "trainer": {"max_epochs": steps, "accelerator": "cpu", "devices": 1,
+        "trainer": {"max_epochs": steps, "accelerator": "cpu", "devices": 1, "callbacks": [],
                     "check_val_every_n_epoch": max(1, steps // 10), "log_every_n_steps": 1},
         "model": {"class_path": "mflow.kernel_flow.KernelFlow", "init_args": {
             "kernel": settings["kernel"], "kernel_params": kp, "lr": lr, "lr_step_decay": settings["lr_step_decay"],

@@ -13,7 +13,8 @@ from .io import write_json
 
 class RunSummary(L.Callback):
     """Writes <run dir>/summary.json: manifold, model, point counts, sigma (initial, final) and gains on
-    train / val / test, epochs, seconds per epoch, the Ricci measure on val points, checkpoint path."""
+    train / val / test, epochs, seconds per epoch, the Ricci measure on val points, checkpoint path, and
+    the last NTK-drift measurement (``ntk_drift``) when an NTKDrift callback ran."""
 
     def __init__(self, ricci_points: int = 1000):
         self.ricci_points = ricci_points
@@ -55,6 +56,7 @@ class RunSummary(L.Callback):
             "epochs": trainer.current_epoch,
             "seconds_per_epoch": self._fit_seconds / max(self._epochs, 1),
             "checkpoint": (ckpt.best_model_path or ckpt.last_model_path) if ckpt else None,
+            "ntk_drift": _last_drift(trainer),
         }
         path = write_json(Path(trainer.default_root_dir) / "summary.json", summary)
         print(f"[mflow] summary: {path}  (val sigma {final['val']:.4g}, gain {summary['gain']['val']:.3g})")
@@ -71,3 +73,14 @@ class RunSummary(L.Callback):
         scalar = curvature.ricci_scalar(g, ric).detach().cpu()
         det = volume.real_det(g.detach().cpu())
         return float(curvature.ricci_measure(p.weights, det, p.omega_sq, scalar, module.surface.dim))
+
+
+def _last_drift(trainer) -> dict | None:
+    """The last entry of the NTKDrift callback's series (None without one)."""
+    from .ntk_callbacks import NTKDrift
+
+    drift = next((c for c in trainer.callbacks if isinstance(c, NTKDrift) and c.series), None)
+    if drift is None:
+        return None
+    last = drift.series[-1]
+    return {k: last.get(k) for k in ("step", "relative_change", "kernel_distance", "cka", "velocity", "analytic_distance")}

@@ -69,8 +69,9 @@ from .geometry import charts, volume
 from .geometry.distance import nearest_neighbours
 from .geometry.hypersurface import surface_from_args
 from .geometry.points import CYPoints
-from .kernels.analytic import DEFAULT_BLOCK, KERNELS, Kernel
-from .kernels.analytic import kernel as make_kernel
+from .kernels.analytic import DEFAULT_BLOCK, Kernel
+from .kernels.registry import KERNELS
+from .kernels.registry import kernel as make_kernel
 from .kernels.clustering import check_labels
 from .metrics import SigmaMeasure
 from .modules import CHECKPOINT_FORMAT, NotPositiveDefiniteError, check_checkpoint, datamodule_of
@@ -179,7 +180,7 @@ class KernelFlow(L.LightningModule):
 
     Args:
         manifold, psi, ambient_n, surface_seed: the hypersurface (linked from the data config).
-        kernel: relu | cosine | gaussian | delta (mflow.kernels.analytic); kernel_params: its parameters,
+        kernel: relu | cosine | gaussian | delta | empirical (mflow.kernels.registry); kernel_params: its parameters,
             e.g. {depth: 1, sigma_w: 5.716, sigma_b: 80.52} (relu) or {sigma: 30.0} (gaussian).
         lr: step size of eq. 2.12; lr_step_decay: multiplicative factor per flow step (1: constant, as in the paper).
         loss: a METRIC loss of mflow.losses (sigma, ultra_local_square, ultra_local_entropy, volume).

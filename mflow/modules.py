@@ -19,6 +19,7 @@ from .metrics import SigmaMeasure, WeightedMean
 from .models.metric import MetricModel
 
 CHECKPOINT_FORMAT = 1
+OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 
 
 class NotPositiveDefiniteError(FloatingPointError):
@@ -43,7 +44,9 @@ class NetworkFlow(L.LightningModule):
             the network (mflow.models.metric.MetricModel).
         loss_weights: weight per loss term; terms: sigma, ultra_local_square, ultra_local_entropy,
             volume, kaehler, transition, ricci, two_derivative.
-        lr: Adam learning rate; lr_decay: multiplicative decay per epoch.
+        optimizer: adam (default) | sgd (plain gradient descent, the setting of the NTK theory: with sgd a
+            linearized model's step is exactly the discrete frozen metric-NTK flow, eq. 2.12).
+        lr: learning rate; lr_decay: multiplicative decay per epoch.
         seed: initialisation seed of the network.
         linearize: train the first-order Taylor expansion of the network in its parameters at
             initialisation (eq. 2.10, mflow.linearized.LinearizedModel) instead of the network: its
@@ -66,6 +69,7 @@ class NetworkFlow(L.LightningModule):
         features: str = "chart",
         out_scale: float = 0.01,
         loss_weights: dict[str, float] | None = None,
+        optimizer: str = "adam",
         lr: float = 1e-3,
         lr_decay: float = 1.0,
         seed: int = 0,
@@ -76,6 +80,8 @@ class NetworkFlow(L.LightningModule):
         self.save_hyperparameters()
         if not (lr > 0 and math.isfinite(lr)) or not (0 < lr_decay <= 1):
             raise ValueError(f"need lr > 0 and 0 < lr_decay <= 1, got lr={lr}, lr_decay={lr_decay}")
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {sorted(OPTIMIZERS)}")
         self.loss_weights = losses_.check_weights(loss_weights)
         self.surface = surface_from_args(manifold, psi, ambient_n, surface_seed)
         with torch.random.fork_rng():
@@ -171,7 +177,7 @@ class NetworkFlow(L.LightningModule):
         self.test_sigma.reset()
 
     def configure_optimizers(self):
-        opt = torch.optim.Adam(self.model.parameters(), lr=self.hparams.lr)
+        opt = OPTIMIZERS[self.hparams.optimizer](self.model.parameters(), lr=self.hparams.lr)
         sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=self.hparams.lr_decay)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 

@@ -133,6 +133,7 @@ class NTKDrift(L.Callback):
         self.prev_step: int | None = None
         self.series: list[dict] = []
         self._analytic_K: torch.Tensor | None = None
+        self.active = True  # False for modules without a metric network (on_fit_start)
 
     @property
     def state_key(self) -> str:
@@ -197,11 +198,13 @@ class NTKDrift(L.Callback):
 
     # ------------------------------------------------------------------ hooks
     def on_fit_start(self, trainer, pl_module) -> None:
-        if not isinstance(getattr(pl_module, "model", None), torch.nn.Module):
-            raise TypeError(
-                f"NTKDrift needs a module that trains a metric network (.model, e.g. NetworkFlow); "
-                f"{type(pl_module).__name__} has none (a frozen-kernel flow's kernel does not drift)"
+        self.active = isinstance(getattr(pl_module, "model", None), torch.nn.Module)
+        if not self.active:
+            rank_zero_warn(
+                f"NTKDrift does nothing for {type(pl_module).__name__}: it watches the NTK of a trained metric "
+                "network (.model, e.g. NetworkFlow), and a frozen-kernel flow's kernel cannot drift"
             )
+            return
         if self.probe is None:
             self.probe = self._probe_points(trainer)
         if self.K0 is None:
@@ -213,13 +216,15 @@ class NTKDrift(L.Callback):
             self.measure(trainer, pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not self.active:
+            return
         step = trainer.global_step
         epoch_end = batch_idx + 1 >= trainer.num_training_batches  # measured before the epoch's checkpoint
         if (step % self.every_n_steps == 0 or epoch_end) and step != self.prev_step:
             self.measure(trainer, pl_module)
 
     def on_fit_end(self, trainer, pl_module) -> None:
-        if self.K0 is None:
+        if not self.active or self.K0 is None:
             return
         if trainer.global_step != self.prev_step:
             self.measure(trainer, pl_module)

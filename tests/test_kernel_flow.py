@@ -28,8 +28,9 @@ from mflow.kernel_flow import (
     hermitian_part,
     pairing,
 )
-from mflow.kernels.analytic import kernel as make_kernel
+from mflow.kernels.registry import kernel as make_kernel
 from mflow.modules import NotPositiveDefiniteError
+from mflow.ntk_callbacks import NTKDrift
 
 ROOT = Path(__file__).resolve().parent.parent
 GAUSS = {"sigma": 0.3}
@@ -83,13 +84,18 @@ def dense_update(surface, points, G, K, mode):
     return torch.einsum("ab,bij->aij", K.to(G.dtype), G)  # literal: components added as they are
 
 
+EMPIRICAL = {"depth": 1, "width": 32, "sigma_w": 1.2, "sigma_b": 0.1, "seed": 3}
+
+
 @pytest.mark.parametrize("mode", ["ambient", "transform"])
 @pytest.mark.parametrize("cache_mb", [0.0, 64.0])
-def test_one_step_is_eq_2_12_dense(quintic, split, mode, cache_mb):
+@pytest.mark.parametrize("name,params", [("gaussian", GAUSS), ("empirical", EMPIRICAL)], ids=["gaussian", "empirical"])
+def test_one_step_is_eq_2_12_dense(quintic, split, mode, cache_mb, name, params):
     train, _, kappa = split
-    lr = 1e-4
-    f = flow(train, kappa, chart_mode=mode, lr=lr, block=16, cache_mb=cache_mb, pd_policy="backtrack")
-    K = make_kernel("gaussian", **GAUSS).matrix(train)
+    lr = 1e-4 if name == "gaussian" else 1e-6  # the empirical NTK is ~100x larger
+    f = flow(train, kappa, kernel=name, kernel_params=params, chart_mode=mode, lr=lr, block=16, cache_mb=cache_mb,
+             pd_policy="backtrack")
+    K = make_kernel(name, **params).matrix(train)
     G = sigma_grad(train, train.g_fs, kappa)
     U = dense_update(quintic, train, G, K, mode)
     assert torch.allclose(f._update(torch.arange(60), torch.arange(60), G, shard=False), U, rtol=1e-10, atol=1e-12)
@@ -278,8 +284,11 @@ def _trainer(tmp_path, **kw):
 def test_fit_validate_test_and_checkpoint_round_trip(tmp_path):
     dm = _dm(tmp_path)
     model = KernelFlow(kernel="gaussian", kernel_params={"sigma": 0.05}, lr=0.03, reduction="sum", steps_per_batch=2)
-    trainer = _trainer(tmp_path, max_epochs=3, enable_checkpointing=False)
-    trainer.fit(model, datamodule=dm)
+    drift = NTKDrift()  # on in the network configs: a kernel flow has no network, so it only warns
+    trainer = _trainer(tmp_path, max_epochs=3, enable_checkpointing=False, callbacks=[drift])
+    with pytest.warns(UserWarning, match="NTKDrift does nothing for KernelFlow"):
+        trainer.fit(model, datamodule=dm)
+    assert not drift.series and not (tmp_path / "ntk_drift.json").exists()
     assert int(model.flow_steps) == 3 * 2 * 2  # epochs x clusters x steps per batch
     m = trainer.callback_metrics
     assert m["train/gain"] > 1.5 and float(m["val/sigma"]) > 0 and "val/gain" in m

@@ -1,4 +1,4 @@
-"""Frozen kernels (mflow.kernels.analytic): analytic NTKs vs Monte Carlo, FS kernels, the interface."""
+"""Frozen kernels (mflow.kernels): analytic NTKs and the empirical NTK vs Monte Carlo, FS kernels, the interface."""
 import math
 
 import pytest
@@ -10,6 +10,7 @@ from mflow.kernels import (
     CosineNet,
     CosineNTK,
     DeltaKernel,
+    EmpiricalNTK,
     GaussianFS,
     ReluNTK,
     Scaled,
@@ -124,7 +125,18 @@ def test_gaussian_fs(pts):
         assert float(GaussianFS(0.3).block(z[i : i + 1], z[j : j + 1])) == pytest.approx(math.exp(-d / 0.6), rel=1e-10)
         sq = GaussianFS(0.3, squared=True).block(z[i : i + 1], z[j : j + 1])
         assert float(sq) == pytest.approx(math.exp(-(d**2) / (2 * 0.09)), rel=1e-10)
+        inv = GaussianFS(30.0, inverse=True).block(z[i : i + 1], z[j : j + 1])
+        assert float(inv) == pytest.approx(math.exp(-30.0 * d / 2), rel=1e-10)  # Table 1's sigma as 1/width
     assert float(GaussianFS(0.3, zero_below=10.0).block(z[:1], z[1:2])) == 1.0
+
+
+def test_table_1_gaussian_as_printed_is_almost_constant(pts):
+    """eq. 3.5 with sigma = 30: exp(-d/60) >= exp(-pi/120) = 0.974 for every pair (d <= pi/2), so the
+    kernel cannot localise; read as an inverse width it is local (the nearest neighbours dominate)."""
+    printed = GaussianFS(30.0).matrix(pts[:300])
+    assert float(printed.min()) >= math.exp(-math.pi / 120) - 1e-12
+    inverse = GaussianFS(30.0, inverse=True).matrix(pts[:300])
+    assert float(inverse.median()) < 1e-6
 
 
 def test_delta_kernel_selects_nearest_train_point(pts):
@@ -150,6 +162,7 @@ KERNELS = [
     GaussianFS(0.2, squared=True),
     DeltaKernel(),
     Scaled(GaussianFS(0.5), lambda p: 1 + p.z.abs()[:, 0] ** 2),
+    EmpiricalNTK(depth=2, width=16, sigma_w=1.3, sigma_b=0.2),
 ]
 
 
@@ -182,9 +195,39 @@ def test_scaled_kernel_is_h_h_k(pts):
         assert torch.allclose(s.apply(xa, xb, v, block=4), want @ v)
 
 
+def test_empirical_ntk_is_the_finite_difference_ntk_of_its_network(pts):
+    """k(x, x') = sum_I df(x)/dtheta_I df(x')/dtheta_I, each derivative by a central difference in theta_I."""
+    k = EmpiricalNTK(depth=1, width=3, activation="gelu", parametrization="standard", sigma_w=1.2, sigma_b=0.3, seed=4)
+    K = k.matrix(pts[:5])
+    assert torch.equal(K, EmpiricalNTK(1, 3, "gelu", "standard", 1.2, 0.3, seed=4).matrix(pts[:5]))  # a fixed function
+    x = as_features(pts[:5])
+    net = k.network(x.shape[1])
+    cols, h = [], 1e-6
+    with torch.no_grad():
+        for p in net.parameters():
+            flat = p.view(-1)
+            for i in range(flat.numel()):
+                flat[i] += h
+                up = net(x)[:, 0]
+                flat[i] -= 2 * h
+                down = net(x)[:, 0]
+                flat[i] += h
+                cols.append((up - down) / (2 * h))
+    J = torch.stack(cols, 1)
+    assert rel(K, J @ J.T) < 1e-8
+
+
+def test_empirical_ntk_tends_to_the_analytic_relu_ntk(pts):
+    analytic = ReluNTK(2, 1.4, 0.3).matrix(pts[:20])
+    err = {w: sum(rel(EmpiricalNTK(2, w, sigma_w=1.4, sigma_b=0.3, seed=s).matrix(pts[:20]), analytic) for s in range(3)) / 3
+           for w in (32, 1024)}
+    assert err[1024] < 0.1 and err[1024] < err[32] / 3  # Monte Carlo error ~ width^-1/2
+
+
 def test_registry_and_bad_parameters(pts):
     assert kernel("gaussian", sigma=30.0) == GaussianFS(30.0)
     assert isinstance(kernel("delta"), DeltaKernel)
+    assert isinstance(kernel("empirical", width=8), EmpiricalNTK)
     bad = [
         lambda: kernel("laplace"),
         lambda: ReluNTK(0, 1.0, 0.0),
@@ -211,6 +254,10 @@ def test_registry_and_bad_parameters(pts):
         lambda: ReluNTK(2, 1.0, 0.0).matrix(torch.empty(0, 4)),
         lambda: Scaled(GaussianFS(1.0), lambda p: torch.ones(3)).matrix(pts[:5]),  # h has wrong length
         lambda: Scaled("gaussian", lambda p: p),
+        lambda: EmpiricalNTK(width=0),
+        lambda: EmpiricalNTK(activation="swish"),
+        lambda: EmpiricalNTK(parametrization="mup"),
+        lambda: EmpiricalNTK(sigma_w=0.0),
     ]
     for f in bad:
         with pytest.raises(ValueError):

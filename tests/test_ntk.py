@@ -233,6 +233,31 @@ def test_linearized_model_trains_with_correct_gradients(quintic, xa):
     assert "base.net.net.0.weight" in sd and "theta.net__net__0__weight" in sd
 
 
+def test_sgd_step_of_the_linearized_model_is_the_frozen_ntk_flow(quintic, xa):
+    """One SGD step of NetworkFlow(linearize=True, optimizer=sgd) is eq. 2.12 with the empirical NTK at
+    initialisation: dr(x) = -lr sum_x' Theta_0(x, x') dL/dr(x') on the real components r of g."""
+    from mflow import losses
+    from mflow.modules import NetworkFlow, points_batch
+
+    flow = NetworkFlow(head="multfs", depth=2, width=6, out_scale=0.3, optimizer="sgd", lr=0.05, linearize=True,
+                       loss_weights={"ultra_local_square": 1.0})
+    batch, kappa = points_batch(xa), torch.tensor(0.0176, dtype=torch.float64)
+    theta0 = ntk.metric_ntk(flow.model.base, xa, method="jacobian", params=flow.model.theta0())  # at theta_0
+    r = ntk.real_components(flow.model(xa.z, xa.patch, xa.elim).detach()).requires_grad_(True)
+    (dL_dr,) = torch.autograd.grad(losses.ultra_local_square(hermitian(r, 3), batch, kappa), r)
+    expected = -0.05 * torch.einsum("abik,bk->ai", theta0, dL_dr)
+
+    opt = flow.configure_optimizers()["optimizer"]
+    assert isinstance(opt, torch.optim.SGD)
+    before = r.detach()
+    loss, _ = losses.total_loss(flow.model, batch, kappa, flow.loss_weights)
+    loss.backward()
+    opt.step()
+    _close(ntk.real_components(flow.model(xa.z, xa.patch, xa.elim).detach()) - before, expected, 1e-12)
+    with pytest.raises(ValueError, match="optimizer"):
+        NetworkFlow(optimizer="lbfgs")
+
+
 def test_ntk_vector_products_match_the_kernel(quintic, xa, xb):
     m = _model(quintic, "multfs")
     K = ntk.metric_ntk(m, xa, xb, method="jacobian")
@@ -335,6 +360,8 @@ def test_drift_and_gain_callbacks_log_write_and_survive_a_resume(tmp_path):
     last = first["series"][-1]
     assert 0 < last["relative_change"] < 1 and 0 <= last["kernel_distance"] < 1 and 0 < last["cka"] <= 1
     assert last["velocity"] > 0 and math.isfinite(last["analytic_distance"])
+    summary = json.loads((run / "summary.json").read_text())["ntk_drift"]  # the last values, in summary.json
+    assert summary == {k: last[k] for k in summary} and set(summary) >= {"relative_change", "cka", "analytic_distance"}
     header = next((run / "csv").rglob("metrics.csv")).read_text().splitlines()[0].split(",")
     for col in ("ntk/relative_change", "ntk/kernel_distance", "ntk/cka", "ntk/velocity", "ntk/analytic_distance",
                 "gain/train", "gain/val", "gain/test", "sigma/train"):

@@ -1,6 +1,5 @@
 """Frozen kernels for metric flows (paper sec. 2.3, 3.2) and FS-distance clustering (sec. 3.1)."""
 from .analytic import (
-    KERNELS,
     CosineNet,
     CosineNTK,
     DeltaKernel,
@@ -10,9 +9,10 @@ from .analytic import (
     Scaled,
     as_features,
     as_z,
-    kernel,
     normalising_amplitude,
 )
+from .empirical import EmpiricalNTK
+from .registry import KERNELS, kernel
 from .clustering import agreement, batched_clustering, cluster_batch, cluster_figure
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "CosineNet",
     "CosineNTK",
     "DeltaKernel",
+    "EmpiricalNTK",
     "GaussianFS",
     "Kernel",
     "ReluNTK",

@@ -270,6 +270,11 @@ class CosineNet(nn.Module):
 class GaussianFS(Kernel):
     """eq. 3.5: exp(-d_FS(x, x') / (2 sigma)); ``squared=True``: exp(-d_FS^2 / (2 sigma^2)).
 
+    ``inverse=True`` reads sigma as an inverse width: exp(-sigma d_FS / 2) (exp(-sigma^2 d_FS^2 / 2) if
+    squared). Table 1's sigma = 30 is only a usable kernel read this way (conf/kernel_gaussian.yaml):
+    as printed, exp(-d / 60) lies in [0.974, 1] for every pair (d <= pi/2), an almost constant kernel
+    that cannot fit the train points (README, "Frozen-kernel flows").
+
     d_FS is the FS geodesic distance (eq. 3.2, mflow.geometry.distance: exact at d = 0, so no
     threshold is needed; ``zero_below`` reproduces the paper's cut-off of eq. 3.4 if wanted).
     Inputs: z (CYPoints, complex z, or [Re z, Im z]).
@@ -278,6 +283,7 @@ class GaussianFS(Kernel):
     sigma: float = 1.0
     squared: bool = False
     zero_below: float = 0.0
+    inverse: bool = False
 
     uses = "z"
 
@@ -289,7 +295,8 @@ class GaussianFS(Kernel):
         d = fs_distance_block(za, zb)
         if self.zero_below > 0:
             d = torch.where(d < self.zero_below, 0.0, d)
-        return torch.exp(-(d**2) / (2 * self.sigma**2)) if self.squared else torch.exp(-d / (2 * self.sigma))
+        width = 1 / self.sigma if self.inverse else self.sigma
+        return torch.exp(-(d**2) / (2 * width**2)) if self.squared else torch.exp(-d / (2 * width))
 
 
 class DeltaKernel(Kernel):
@@ -368,14 +375,3 @@ class Scaled(Kernel):
         shape = (-1,) + (1,) * (v.ndim - 1)
         out = self.kernel.apply(xa, xb, hb.reshape(shape) * v, block)
         return self._h(xa).reshape(shape) * out
-
-
-# ----------------------------------------------------------------------------- registry
-KERNELS = {"relu": ReluNTK, "cosine": CosineNTK, "gaussian": GaussianFS, "delta": DeltaKernel}
-
-
-def kernel(name: str, **params) -> Kernel:
-    """A kernel by name (relu, cosine, gaussian, delta), e.g. kernel('gaussian', sigma=30.0) (Table 1)."""
-    if name not in KERNELS:
-        raise ValueError(f"unknown kernel {name!r}; choose one of {sorted(KERNELS)}")
-    return KERNELS[name](**params)

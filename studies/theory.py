@@ -1,0 +1,164 @@
+"""Section 2's statements, computed: a report with plots (the tests in tests/test_perelman.py, test_kernels.py
+and test_ntk.py assert the same statements at fixed sizes).
+
+  python studies/theory.py [--out runs/theory]      (about a minute on 2 cores)
+
+Panels of <out>/theory.png, numbers in <out>/theory.json:
+  (a) the cosine net (eq. 2.32) with only a_i trained: empirical NTK -> (A^2/2) exp(-sigma_w^2 |x-x'|^2 / 2d)
+      (eq. 2.35) as width N grows, averaged over initialisations (Monte-Carlo error ~ N^-1/2);
+  (b) the metric network's empirical NTK at initialisation -> the analytic ReLU NTK as width grows
+      (a ReLU MLP in NTK parametrisation on Fermat-quintic points);
+  (c) the local limit (eq. 2.30 -> 2.31): the normalised Gaussian NTK flow of the Perelman loss on P^1 tends
+      to the local flow as sigma_w grows (gap ~ sigma_w^-2);
+  (d) the Perelman loss (eq. 2.41-2.42) in the local limit is the Ricci-flow step (eq. 2.39-2.40): on FS P^1,
+      d rho/dt = -4 pi rho (Ric = 2 pi g); on a perturbed metric at fixed measure, -rho (R + Delta phi).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from mflow.geometry import perelman as P  # noqa: E402
+from mflow.geometry.hypersurface import manifold  # noqa: E402
+from mflow.geometry.points import sample  # noqa: E402
+from mflow.io import atomic_write, write_json  # noqa: E402
+from mflow.kernels.analytic import CosineNet, CosineNTK  # noqa: E402
+from mflow.models.metric import MetricModel  # noqa: E402
+from mflow.ntk_callbacks import analytic_relu_network_kernel, network_kernel, relative_change  # noqa: E402
+from studies.width import power_fit  # noqa: E402
+
+
+def cosine_net_convergence(widths, seeds=4, d=2, sigma_w=1.5, n=16) -> dict:
+    """(a) |Theta_emp - eq. 2.35|_F / |eq. 2.35|_F against width, mean over initialisations."""
+    x = torch.randn(n, d, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    analytic = CosineNTK(sigma_w, d).matrix(x)
+    errors = []
+    for N in widths:
+        e = []
+        for seed in range(seeds):
+            net = CosineNet(d, N, sigma_w=sigma_w, generator=torch.Generator().manual_seed(seed))
+            phi = net.features(x)  # d phi / d a (eq. 2.33): the empirical NTK is phi phi^T
+            e.append(relative_change(phi @ phi.T, analytic))
+        errors.append(sum(e) / seeds)
+    return {"widths": list(widths), "relative_error": errors, "fit": power_fit(widths, errors)}
+
+
+def relu_metric_ntk_convergence(widths, seeds=3, n=24) -> dict:
+    """(b) the empirical network kernel of a ReLU MetricModel (NTK parametrisation) at initialisation against
+    out_scale^2 K_ReLU delta (mflow.ntk_callbacks.analytic_relu_network_kernel), mean over initialisations."""
+    X = manifold("fermat_quintic")
+    pts = sample(X, n, seed=11)
+    errors = []
+    for width in widths:
+        e = []
+        for seed in range(seeds):
+            torch.manual_seed(seed)
+            model = MetricModel(X, "addfs", depth=2, width=width, activation="relu", parametrization="ntk",
+                                sigma_w=1.4142, sigma_b=0.1, out_scale=0.03)
+            e.append(relative_change(network_kernel(model, pts), analytic_relu_network_kernel(model, pts)))
+        errors.append(sum(e) / seeds)
+    return {"widths": list(widths), "relative_error": errors, "fit": power_fit(widths, errors)}
+
+
+def perturbed_p1(s):
+    """A non-Einstein metric on P^1 and a measure that is not its volume form."""
+    return P.fs_rho(s) * torch.exp(0.3 * torch.exp(-(s**2))), P.fs_rho(s) * torch.exp(0.2 * torch.exp(-((s - 0.5) ** 2) / 0.5))
+
+
+def local_limit(sigma_ws, n=1201) -> dict:
+    """(c) gap between the Gaussian-NTK flow (eq. 2.30) and the local flow (eq. 2.31) of the Perelman loss."""
+    s, ds = P.grid(6.0, n)
+    rho, m = perturbed_p1(s)
+    local = P.local_rate(rho, m, ds)
+    inner = slice(n // 4, -(n // 4))
+    gaps = []
+    for sw in sigma_ws:
+        smeared = P.nonlocal_rate(local, s[2:-2], ds, CosineNTK(float(sw), 1))
+        gaps.append(float((smeared - local)[inner].abs().max() / local[inner].abs().max()))
+    return {"sigma_w": list(sigma_ws), "relative_gap": gaps, "fit": power_fit(sigma_ws, gaps)}
+
+
+def ricci_step(n=1201) -> dict:
+    """(d) the local Perelman step against Ricci flow: profiles and errors."""
+    s, ds = P.grid(6.0, n)
+    fs = P.fs_rho(s)
+    rate_fs = P.local_rate(fs, fs, ds)
+    rho, m = perturbed_p1(s)
+    rate, formula = P.local_rate(rho, m, ds), P.ricci_flow_rate(rho, m, ds)
+    return {
+        "s": s[2:-2], "fs_rate": rate_fs, "fs_closed_form": -4 * math.pi * fs[2:-2], "rate": rate, "formula": formula,
+        "fs_relative_error": float(((rate_fs + 4 * math.pi * fs[2:-2]) / fs[2:-2]).abs().max() / (4 * math.pi)),
+        "perturbed_relative_error": float((rate - formula).abs().max() / formula.abs().max()),
+        "area_rate": float(2 * math.pi * rate.sum() * ds), "area_rate_gauss_bonnet": -8 * math.pi,
+    }
+
+
+def figure(a, b, c, d, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(2, 2, figsize=(11, 8.5))
+
+    def loglog(axis, xs, ys, fit, label, xlabel, title):
+        axis.plot(xs, ys, "o", label=label)
+        if fit:
+            axis.plot(xs, [fit["prefactor"] * x ** fit["exponent"] for x in xs], "--", label=f"slope {fit['exponent']:.2f}")
+        axis.set_xscale("log", base=2)
+        axis.set_yscale("log")
+        axis.set_xlabel(xlabel)
+        axis.set_title(title, fontsize=10)
+        axis.legend()
+
+    loglog(ax[0, 0], a["widths"], a["relative_error"], a["fit"], "|emp - eq. 2.35| / |eq. 2.35|", "width N",
+           "(a) cosine net NTK -> Gaussian (eq. 2.35)")
+    loglog(ax[0, 1], b["widths"], b["relative_error"], b["fit"], "|emp - analytic| / |analytic|", "width",
+           "(b) ReLU metric net at init -> analytic NTK")
+    loglog(ax[1, 0], c["sigma_w"], c["relative_gap"], c["fit"], "|Gaussian flow - local| / |local|", "sigma_w",
+           "(c) local limit of the Perelman flow (eq. 2.30 -> 2.31)")
+    x = d["s"]
+    ax[1, 1].plot(x, d["fs_rate"], label="FS: local Perelman step")
+    ax[1, 1].plot(x[::40], d["fs_closed_form"][::40], "o", ms=4, label="FS: -4 pi rho (Ric = 2 pi g)")
+    ax[1, 1].plot(x, d["rate"], label="perturbed: local Perelman step")
+    ax[1, 1].plot(x[::40], d["formula"][::40], "s", ms=4, label="perturbed: -rho (R + Delta phi)")
+    ax[1, 1].set_xlim(-4, 4)
+    ax[1, 1].set_xlabel("s = log|w|")
+    ax[1, 1].set_ylabel("d rho / dt")
+    ax[1, 1].set_title("(d) Perelman loss in the local limit = Ricci flow (eq. 2.39-2.42)", fontsize=10)
+    ax[1, 1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=Path("runs") / "theory")
+    ap.add_argument("--quick", action="store_true", help="smaller widths (for the test suite)")
+    opts = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    a = cosine_net_convergence([64, 256, 1024] if opts.quick else [64, 256, 1024, 4096, 16384])
+    b = relu_metric_ntk_convergence([32, 128] if opts.quick else [32, 64, 128, 256, 512, 1024, 2048])
+    c = local_limit([4, 8, 16] if opts.quick else [2, 4, 8, 16, 32, 64])
+    d = ricci_step()
+    atomic_write(opts.out / "theory.png", lambda tmp: figure(a, b, c, d, tmp))
+    numbers = {"cosine_net_ntk": a, "relu_metric_ntk_at_init": b, "local_limit": c,
+               "ricci_step": {k: v for k, v in d.items() if not torch.is_tensor(v)}}
+    write_json(opts.out / "theory.json", numbers)
+    for name, r in (("(a) cosine net", a), ("(b) ReLU metric NTK", b), ("(c) local limit", c)):
+        print(f"{name}: exponent {r['fit']['exponent']:.3f}")
+    print(f"(d) FS step vs -4 pi rho: {d['fs_relative_error']:.2e}; perturbed vs -rho(R + Delta phi): "
+          f"{d['perturbed_relative_error']:.2e}; dA/dt {d['area_rate']:.5f} (Gauss-Bonnet {-8 * math.pi:.5f})")
+    return numbers
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""Width study: the paper's feature-learning argument, measured.
+
+The same architecture is trained at growing widths, each run a train.py run (mflow.cli.main) on the same
+points, in four arms (conf/studies/width.yaml):
+
+  network      the network with the config's optimizer (Adam): its features, and so its NTK, can move;
+  linearized   its linearization at initialisation (eq. 2.10) with the same optimizer: the metric-NTK is
+               frozen (eq. 2.11), but Adam's preconditioning is not a kernel flow;
+  frozen_ntk   the linearization trained by plain SGD: every step is exactly the discrete frozen
+               metric-NTK flow of eq. 2.12 with the width-w empirical NTK at initialisation
+               (tests/test_ntk.py::test_sgd_step_of_the_linearized_model_is_the_frozen_ntk_flow);
+  network_sgd  the network trained by that same SGD: the lazy-training comparison, whose NTK drift
+               after a fixed budget should fall like width^-1/2 in NTK parametrisation.
+
+NTKDrift runs on the two network arms; its first measurement also gives the distance of the empirical
+network kernel at initialisation to the analytic infinite-width ReLU NTK.
+
+  python studies/width.py [--config conf/studies/width.yaml] [--out runs/width-study] [--widths 64 256]
+
+Writes <out>/width_study.json (every run's gains and drift, and the fitted exponents), width_study.md
+(the table) and width_study.png. A run that finished (its summary.json exists) is not rerun, so a killed
+study resumes where it stopped; a run that fails (e.g. its metric leaves the positive-definite cone) is
+recorded with its error and the study goes on.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from mflow.cli import main as train  # noqa: E402
+from mflow.evaluation import fit_power_law  # noqa: E402
+from mflow.io import atomic_write, write_json  # noqa: E402
+from mflow.ntk_callbacks import NTKDrift  # noqa: E402
+
+DRIFT_ARMS = ("network", "network_sgd")
+REQUIRED = ("widths", "args", "arms")
+
+
+def load_config(path: Path) -> dict:
+    """The study config, checked: widths (positive integers), args and arms (train.py --key: value maps)."""
+    cfg = yaml.safe_load(Path(path).read_text())
+    if not isinstance(cfg, dict) or any(k not in cfg for k in REQUIRED):
+        raise ValueError(f"{path}: a width-study config needs the keys {REQUIRED}")
+    widths = cfg["widths"]
+    if not widths or not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths):
+        raise ValueError(f"{path}: widths must be a non-empty list of positive integers, got {widths!r}")
+    for arm, extra in cfg["arms"].items():
+        if not isinstance(extra, dict):
+            raise ValueError(f"{path}: arm {arm!r} must map train.py keys to values, got {extra!r}")
+    return cfg
+
+
+def run_arm(cfg: dict, width: int, arm: str, run_dir: Path) -> dict:
+    """One train.py run; returns its summary (plus the NTK drift series on the drift arms)."""
+    summary_path = run_dir / "summary.json"
+    if not summary_path.exists():
+        opts = {**cfg["args"], **cfg["arms"][arm], "model.width": width}
+        args = [f"--{k}={v}" for k, v in opts.items()] + [
+            f"--run_dir={run_dir}", f"--wandb={cfg.get('wandb', 'disabled')}",
+            "--trainer.callbacks=[]",  # not the default config's NTKDrift: the study sets its own, on the drift arms
+        ]
+        callbacks = [NTKDrift(**cfg.get("drift", {}))] if arm in DRIFT_ARMS else []
+        try:
+            train(args, callbacks=callbacks)
+        except (FloatingPointError, RuntimeError, ValueError) as e:  # non-PD metric, NaN loss: record, go on
+            return {"width": width, "arm": arm, "error": f"{type(e).__name__}: {e}"}
+    s = json.loads(summary_path.read_text())
+    out = {"width": width, "arm": arm, "gain": s["gain"], "sigma_final": s["sigma_final"],
+           "seconds_per_epoch": s["seconds_per_epoch"], "ntk": s.get("ntk_drift")}
+    drift_path = run_dir / "ntk_drift.json"
+    if drift_path.exists():
+        series = json.loads(drift_path.read_text())["series"]
+        out["analytic_distance_init"] = series[0].get("analytic_distance")
+    return out
+
+
+def power_fit(xs, ys) -> dict | None:
+    """y = a x^p fitted in log-log over the entries with y > 0: {'exponent': p, 'prefactor': a}; None with < 2."""
+    pts = [(x, y) for x, y in zip(xs, ys) if y is not None and y > 0]
+    if len(pts) < 2:
+        return None
+    a, p = fit_power_law(*zip(*pts))
+    return {"exponent": p, "prefactor": a}
+
+
+def analyse(results: list[dict], widths: list[int], arms: list[str]) -> dict:
+    """Per-arm test gains against width, and the exponents of drift and analytic distance against width."""
+    ok = {(r["width"], r["arm"]): r for r in results if "error" not in r}
+
+    def series(arm, get):
+        return [get(ok[(w, arm)]) if (w, arm) in ok else None for w in widths]
+
+    drift = {a: series(a, lambda r: (r.get("ntk") or {}).get("relative_change")) for a in DRIFT_ARMS if a in arms}
+    init = series(next(a for a in DRIFT_ARMS if a in arms), lambda r: r.get("analytic_distance_init")) if drift else []
+    return {
+        "widths": widths,
+        "test_gain": {a: series(a, lambda r: r["gain"]["test"]) for a in arms},
+        "train_gain": {a: series(a, lambda r: r["gain"]["train"]) for a in arms},
+        "drift": drift,
+        "drift_fit": {a: power_fit(widths, v) for a, v in drift.items()},
+        "analytic_distance_init": init,
+        "analytic_distance_fit": power_fit(widths, init) if init else None,
+    }
+
+
+def table(a: dict, arms: list[str]) -> str:
+    """The study as a markdown table: test gain per arm, NTK drift of the network arms, distance to the analytic NTK."""
+    def f(v):
+        return "failed" if v is None else f"{v:.3g}"
+
+    head = ["width"] + [f"test gain: {x}" for x in arms] + [f"drift: {x}" for x in a["drift"]] + ["init kernel vs analytic"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for i, w in enumerate(a["widths"]):
+        cells = [str(w)] + [f(a["test_gain"][x][i]) for x in arms] + [f(a["drift"][x][i]) for x in a["drift"]]
+        cells.append(f(a["analytic_distance_init"][i]) if a["analytic_distance_init"] else "-")
+        rows.append("| " + " | ".join(cells) + " |")
+    fits = [f"drift of {x} ~ width^{fit['exponent']:.3f}" for x, fit in a["drift_fit"].items() if fit]
+    if a["analytic_distance_fit"]:
+        fits.append(f"init kernel vs analytic ~ width^{a['analytic_distance_fit']['exponent']:.3f}")
+    return "\n".join(rows) + "\n\n" + "; ".join(fits) + "\n"
+
+
+def figure(a: dict, arms: list[str], path) -> None:
+    """Left: test-sigma gain against width per arm. Right: NTK drift and init-vs-analytic distance, log-log, with fits."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    w = a["widths"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for arm in arms:
+        pts = [(x, y) for x, y in zip(w, a["test_gain"][arm]) if y is not None]
+        if pts:
+            left.plot(*zip(*pts), marker="o", label=arm)
+    left.set_xscale("log", base=2)
+    left.set_xlabel("width")
+    left.set_ylabel("test sigma gain")
+    left.set_title("network vs linearization vs frozen NTK")
+    left.legend()
+    curves = [(f"drift: {x}", a["drift"][x], a["drift_fit"][x]) for x in a["drift"]]
+    curves.append(("init kernel vs analytic", a["analytic_distance_init"], a["analytic_distance_fit"]))
+    for label, ys, fit in curves:
+        pts = [(x, y) for x, y in zip(w, ys) if y is not None and y > 0]
+        if not pts:
+            continue
+        line = right.plot(*zip(*pts), marker="o", label=label + (f" (slope {fit['exponent']:.2f})" if fit else ""))[0]
+        if fit:
+            right.plot(w, [fit["prefactor"] * x ** fit["exponent"] for x in w], ls="--", color=line.get_color())
+    right.set_xscale("log", base=2)
+    right.set_yscale("log")
+    right.set_xlabel("width")
+    right.set_ylabel("relative Frobenius distance")
+    right.set_title("NTK drift after the budget; kernel at init")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", type=Path, default=ROOT / "conf" / "studies" / "width.yaml")
+    ap.add_argument("--out", type=Path, default=Path("runs") / "width-study")
+    ap.add_argument("--widths", type=int, nargs="+", help="override the config's widths")
+    ap.add_argument("--arms", nargs="+", help="run only these arms")
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override shared train.py arguments")
+    opts = ap.parse_args(argv)
+    cfg = load_config(opts.config)
+    widths = opts.widths or cfg["widths"]
+    arms = opts.arms or list(cfg["arms"])
+    unknown = [x for x in arms if x not in cfg["arms"]]
+    if unknown:
+        raise SystemExit(f"unknown arms {unknown}; the config has {list(cfg['arms'])}")
+    for kv in opts.set:
+        key, sep, value = kv.partition("=")
+        if not sep:
+            raise SystemExit(f"--set takes KEY=VALUE, got {kv!r}")
+        cfg["args"][key] = value
+    results = []
+    for w in widths:
+        for arm in arms:
+            r = run_arm(cfg, w, arm, opts.out / f"w{w}" / arm)
+            results.append(r)
+            print(f"[width study] width {w} {arm}: " + (r["error"] if "error" in r else f"test gain {r['gain']['test']:.3g}"))
+    a = analyse(results, widths, arms)
+    a["runs"] = results
+    write_json(opts.out / "width_study.json", a)
+    md = table(a, arms)
+    atomic_write(opts.out / "width_study.md", lambda tmp: Path(tmp).write_text(md))
+    atomic_write(opts.out / "width_study.png", lambda tmp: figure(a, arms, tmp))
+    print(md)
+    return a
+
+
+if __name__ == "__main__":
+    main()

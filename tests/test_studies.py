@@ -1,0 +1,56 @@
+"""The study scripts (studies/): the width study and the theory report run end to end on tiny settings,
+write their JSON, table and PNG, and resume; their config is checked."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from studies import theory, width  # noqa: E402
+
+TINY = ["data.n_points=600", "data.batch_size=100", "trainer.max_epochs=1", "drift={n_probe: 8, every_n_steps: 2}"]
+
+
+def test_width_study_runs_every_arm_and_resumes(tmp_path, monkeypatch):
+    out = tmp_path / "study"
+    args = ["--out", str(out), "--widths", "8", "16", "--set", *TINY[:3]]
+    cfg = width.load_config(ROOT / "conf" / "studies" / "width.yaml")
+    cfg["drift"] = {"n_probe": 8, "every_n_steps": 2}
+    monkeypatch.setattr(width, "load_config", lambda path: json.loads(json.dumps(cfg)))
+    a = width.main(args)
+    assert set(a["test_gain"]) == {"network", "linearized", "frozen_ntk", "network_sgd"}
+    ok = [r for r in a["runs"] if "error" not in r]
+    assert len(ok) >= 6 and all(r["gain"]["test"] > 0 for r in ok)
+    drift = [r for r in ok if r["arm"] in width.DRIFT_ARMS]
+    assert drift and all(r["ntk"]["relative_change"] > 0 and r["analytic_distance_init"] > 0 for r in drift)
+    assert all(r["ntk"] is None for r in ok if r["arm"] not in width.DRIFT_ARMS)
+    assert (out / "width_study.png").stat().st_size > 1000 and "| 16 |" in (out / "width_study.md").read_text()
+    saved = json.loads((out / "width_study.json").read_text())
+    assert saved["widths"] == [8, 16] and len(saved["runs"]) == 8
+    # a finished run is not rerun: the study resumes from the runs' summaries
+    monkeypatch.setattr(width, "train", lambda *a, **k: pytest.fail("a finished run was rerun"))
+    assert width.main(args)["test_gain"] == a["test_gain"]
+
+
+def test_width_study_config_is_checked(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("widths: [64, -1]\nargs: {}\narms: {network: {}}\n")
+    with pytest.raises(ValueError, match="positive integers"):
+        width.load_config(bad)
+    bad.write_text("widths: [64]\nargs: {}\n")
+    with pytest.raises(ValueError, match="needs the keys"):
+        width.load_config(bad)
+    with pytest.raises(SystemExit, match="unknown arms"):
+        width.main(["--out", str(tmp_path), "--arms", "kernel"])
+
+
+def test_theory_report_quick(tmp_path):
+    numbers = theory.main(["--out", str(tmp_path), "--quick"])
+    assert numbers["cosine_net_ntk"]["fit"]["exponent"] == pytest.approx(-0.5, abs=0.2)  # Monte Carlo ~ N^-1/2
+    assert numbers["relu_metric_ntk_at_init"]["fit"]["exponent"] < -0.2
+    assert numbers["local_limit"]["fit"]["exponent"] == pytest.approx(-2, abs=0.3)
+    assert numbers["ricci_step"]["fs_relative_error"] < 1e-3
+    assert (tmp_path / "theory.png").stat().st_size > 1000
