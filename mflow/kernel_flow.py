@@ -65,6 +65,7 @@ import lightning as L
 import torch
 
 from . import losses as losses_
+from .checks import integer
 from .geometry import charts, volume
 from .geometry.distance import nearest_neighbours
 from .geometry.hypersurface import surface_from_args
@@ -242,10 +243,9 @@ class KernelFlow(L.LightningModule):
                                      ("pd_policy", pd_policy, PD_POLICIES)):
             if value not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-        for name, value, lo in (("max_backtracks", max_backtracks, 0), ("steps_per_batch", steps_per_batch, 1),
-                                ("block", block, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-                raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
+        integer("max_backtracks", max_backtracks, lo=0)
+        integer("steps_per_batch", steps_per_batch)
+        integer("block", block)
         if not (0 <= pd_margin < 1):
             raise ValueError(f"pd_margin must be in [0, 1), got {pd_margin!r}")
         if not (cache_mb >= 0):

@@ -46,6 +46,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
+from .checks import integer
+
 KINDS = ("full", "trace", "diagonal")
 METHODS = ("auto", "structured", "jacobian", "vp")
 DEFAULT_MAX_BYTES = 2 * 1024**3  # 2 GiB
@@ -445,8 +447,8 @@ def _check(kind: str, method: str) -> None:
 
 
 def _positive_int(name, v):
-    if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-        raise ValueError(f"{name} must be a positive integer or None, got {v!r}")
+    if v is not None:
+        integer(name, v)
 
 
 def plan(

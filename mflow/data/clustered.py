@@ -15,6 +15,7 @@ import math
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from mflow.checks import integer
 from mflow.kernels.clustering import LINKAGES, MERGES, batched_clustering, check_labels
 
 from .datamodule import CYDataModule, PointsDataset
@@ -96,9 +97,8 @@ class ClusteredDataModule(CYDataModule):
             val_fraction=val_fraction, test_fraction=test_fraction, batch_size=batch_size, path=path,
             cache_dir=cache_dir, num_workers=num_workers,
         )
-        for name, v in (("n_clusters", n_clusters), ("cluster_batch_size", cluster_batch_size)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        integer("n_clusters", n_clusters)
+        integer("cluster_batch_size", cluster_batch_size)
         if merge not in MERGES:
             raise ValueError(f"merge must be one of {MERGES}, got {merge!r}")
         if linkage not in LINKAGES:

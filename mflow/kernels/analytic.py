@@ -26,6 +26,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from mflow.checks import integer
 from mflow.geometry.distance import fs_distance_block, nearest_neighbours
 
 
@@ -67,9 +68,7 @@ def as_z(x) -> torch.Tensor:
 
 
 def _check_block(block: int) -> int:
-    if isinstance(block, bool) or not isinstance(block, int) or block < 1:
-        raise ValueError(f"block must be a positive integer, got {block!r}")
-    return block
+    return integer("block", block)
 
 
 def _positive(name: str, value, allow_zero: bool = False) -> float:
@@ -161,8 +160,7 @@ class ReluNTK(Kernel):
     sigma_b: float = 0.0
 
     def __post_init__(self):
-        if isinstance(self.depth, bool) or not isinstance(self.depth, int) or self.depth < 1:
-            raise ValueError(f"depth must be an integer >= 1, got {self.depth!r}")
+        integer("depth", self.depth)
         object.__setattr__(self, "sigma_w", _positive("sigma_w", self.sigma_w))
         object.__setattr__(self, "sigma_b", _positive("sigma_b", self.sigma_b, allow_zero=True))
 
@@ -216,8 +214,7 @@ class CosineNTK(Kernel):
     amplitude: float | None = None
 
     def __post_init__(self):
-        if isinstance(self.d, bool) or not isinstance(self.d, int) or self.d < 1:
-            raise ValueError(f"d must be an integer >= 1, got {self.d!r}")
+        integer("d", self.d)
         object.__setattr__(self, "sigma_w", _positive("sigma_w", self.sigma_w))
         a = normalising_amplitude(self.sigma_w, self.d) if self.amplitude is None else _positive("amplitude", self.amplitude)
         object.__setattr__(self, "amplitude", a)

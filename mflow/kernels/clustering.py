@@ -29,16 +29,11 @@ import torch
 
 from mflow.geometry.distance import fs_distance_matrix
 
+from ..checks import integer
 from .analytic import as_z
 
 MERGES = ("greedy", "nearest", "hungarian")
 LINKAGES = ("complete", "average")
-
-
-def _check_int(name: str, value, lo: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
-    return value
 
 
 def cluster_batch(z, n_clusters: int) -> torch.Tensor:
@@ -47,7 +42,7 @@ def cluster_batch(z, n_clusters: int) -> torch.Tensor:
     Labels are in [0, n_clusters); 1 <= n_clusters <= N.
     """
     z = as_z(z)
-    _check_int("n_clusters", n_clusters)
+    integer("n_clusters", n_clusters)
     if n_clusters > len(z):
         raise ValueError(f"n_clusters = {n_clusters} exceeds the number of points {len(z)}")
     if n_clusters == 1:
@@ -103,9 +98,9 @@ def batched_clustering(
     With batch_size >= N this is ``cluster_batch`` on all points.
     """
     z = as_z(z)
-    _check_int("n_clusters", n_clusters)
-    _check_int("batch_size", batch_size)
-    _check_int("seed", seed, lo=0)
+    integer("n_clusters", n_clusters)
+    integer("batch_size", batch_size)
+    integer("seed", seed, lo=0)
     if merge not in MERGES:
         raise ValueError(f"merge must be one of {MERGES}, got {merge!r}")
     if linkage not in LINKAGES:
@@ -165,7 +160,7 @@ def cluster_figure(
     from matplotlib.figure import Figure
 
     z = as_z(z)
-    _check_int("n_batches", n_batches)
+    integer("n_batches", n_batches)
     path = Path(path)
     batched = batched_clustering(z, n_clusters, math.ceil(len(z) / n_batches), seed, merge, linkage)
     full = cluster_batch(z, n_clusters)

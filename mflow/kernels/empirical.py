@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch.func import functional_call, jacrev, vmap
 
+from ..checks import integer
 from ..models.mlp import MLP
 from .analytic import Kernel, _positive
 
@@ -21,9 +22,8 @@ class EmpiricalNTK(Kernel):
 
     def __init__(self, depth: int = 1, width: int = 512, activation: str = "relu", parametrization: str = "ntk",
                  sigma_w: float = 1.0, sigma_b: float = 0.0, seed: int = 0):
-        for name, v in (("depth", depth), ("width", width)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        integer("depth", depth)
+        integer("width", width)
         self.depth, self.width, self.activation, self.parametrization = depth, width, activation, parametrization
         self.sigma_w = _positive("sigma_w", sigma_w)
         self.sigma_b = _positive("sigma_b", sigma_b, allow_zero=True)
