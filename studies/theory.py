@@ -67,15 +67,10 @@ def relu_metric_ntk_convergence(widths, seeds=3, n=24) -> dict:
     return {"widths": list(widths), "relative_error": errors, "fit": power_fit(widths, errors)}
 
 
-def perturbed_p1(s):
-    """A non-Einstein metric on P^1 and a measure that is not its volume form."""
-    return P.fs_rho(s) * torch.exp(0.3 * torch.exp(-(s**2))), P.fs_rho(s) * torch.exp(0.2 * torch.exp(-((s - 0.5) ** 2) / 0.5))
-
-
 def local_limit(sigma_ws, n=1201) -> dict:
     """(c) gap between the Gaussian-NTK flow (eq. 2.30) and the local flow (eq. 2.31) of the Perelman loss."""
     s, ds = P.grid(6.0, n)
-    rho, m = perturbed_p1(s)
+    rho, m = P.perturbed_fs(s)
     local = P.local_rate(rho, m, ds)
     inner = slice(n // 4, -(n // 4))
     gaps = []
@@ -90,7 +85,7 @@ def ricci_step(n=1201) -> dict:
     s, ds = P.grid(6.0, n)
     fs = P.fs_rho(s)
     rate_fs = P.local_rate(fs, fs, ds)
-    rho, m = perturbed_p1(s)
+    rho, m = P.perturbed_fs(s)
     rate, formula = P.local_rate(rho, m, ds), P.ricci_flow_rate(rho, m, ds)
     return {
         "s": s[2:-2], "fs_rate": rate_fs, "fs_closed_form": -4 * math.pi * fs[2:-2], "rate": rate, "formula": formula,

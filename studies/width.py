@@ -12,15 +12,15 @@ points, in four arms (conf/studies/width.yaml):
   network_sgd  the network trained by that same SGD: the lazy-training comparison, whose NTK drift
                after a fixed budget should fall like width^-1/2 in NTK parametrisation.
 
-NTKDrift runs on the two network arms; its first measurement also gives the distance of the empirical
+NTKDrift runs on the arms that train the network itself; its first measurement also gives the distance of the empirical
 network kernel at initialisation to the analytic infinite-width ReLU NTK.
 
   python studies/width.py [--config conf/studies/width.yaml] [--out runs/width-study] [--widths 64 256]
 
 Writes <out>/width_study.json (every run's gains and drift, and the fitted exponents), width_study.md
 (the table) and width_study.png. A run that finished (its summary.json exists) is not rerun, so a killed
-study resumes where it stopped; a run that fails (e.g. its metric leaves the positive-definite cone) is
-recorded with its error and the study goes on.
+study resumes where it stopped (a killed run from its last.ckpt); a run that fails (e.g. its metric leaves the
+positive-definite cone) is recorded with its error (<run>/error.json; delete it to retry) and the study goes on.
 """
 from __future__ import annotations
 
@@ -39,7 +39,6 @@ from mflow.evaluation import fit_power_law  # noqa: E402
 from mflow.io import atomic_write, write_json  # noqa: E402
 from mflow.ntk_callbacks import NTKDrift  # noqa: E402
 
-DRIFT_ARMS = ("network", "network_sgd")
 REQUIRED = ("widths", "args", "arms")
 
 
@@ -57,20 +56,33 @@ def load_config(path: Path) -> dict:
     return cfg
 
 
+def drifts(cfg: dict, arm: str) -> bool:
+    """NTKDrift runs on the arms that train the network itself (a linearized model's NTK cannot move)."""
+    return str(cfg["arms"][arm].get("model.linearize", False)).lower() != "true"
+
+
 def run_arm(cfg: dict, width: int, arm: str, run_dir: Path) -> dict:
-    """One train.py run; returns its summary (plus the NTK drift series on the drift arms)."""
-    summary_path = run_dir / "summary.json"
+    """One train.py run; returns its summary (plus the NTK drift on the drift arms). A finished run is read back,
+    a killed one resumes from its last.ckpt, a failed one (error.json) is reported, not rerun."""
+    summary_path, error_path = run_dir / "summary.json", run_dir / "error.json"
+    if error_path.exists():
+        return json.loads(error_path.read_text())
     if not summary_path.exists():
         opts = {**cfg["args"], **cfg["arms"][arm], "model.width": width}
         args = [f"--{k}={v}" for k, v in opts.items()] + [
             f"--run_dir={run_dir}", f"--wandb={cfg.get('wandb', 'disabled')}",
             "--trainer.callbacks=[]",  # not the default config's NTKDrift: the study sets its own, on the drift arms
         ]
-        callbacks = [NTKDrift(**cfg.get("drift", {}))] if arm in DRIFT_ARMS else []
+        last = run_dir / "checkpoints" / "last.ckpt"
+        if last.exists():
+            args.append(f"--ckpt_path={last}")
+        callbacks = [NTKDrift(**cfg.get("drift", {}))] if drifts(cfg, arm) else []
         try:
             train(args, callbacks=callbacks)
         except (FloatingPointError, RuntimeError, ValueError) as e:  # non-PD metric, NaN loss: record, go on
-            return {"width": width, "arm": arm, "error": f"{type(e).__name__}: {e}"}
+            error = {"width": width, "arm": arm, "error": f"{type(e).__name__}: {e}"}
+            write_json(error_path, error)  # delete it to try the run again
+            return error
     s = json.loads(summary_path.read_text())
     out = {"width": width, "arm": arm, "gain": s["gain"], "sigma_final": s["sigma_final"],
            "seconds_per_epoch": s["seconds_per_epoch"], "ntk": s.get("ntk_drift")}
@@ -90,15 +102,15 @@ def power_fit(xs, ys) -> dict | None:
     return {"exponent": p, "prefactor": a}
 
 
-def analyse(results: list[dict], widths: list[int], arms: list[str]) -> dict:
+def analyse(results: list[dict], widths: list[int], arms: list[str], drift_arms: list[str]) -> dict:
     """Per-arm test gains against width, and the exponents of drift and analytic distance against width."""
     ok = {(r["width"], r["arm"]): r for r in results if "error" not in r}
 
     def series(arm, get):
         return [get(ok[(w, arm)]) if (w, arm) in ok else None for w in widths]
 
-    drift = {a: series(a, lambda r: (r.get("ntk") or {}).get("relative_change")) for a in DRIFT_ARMS if a in arms}
-    init = series(next(a for a in DRIFT_ARMS if a in arms), lambda r: r.get("analytic_distance_init")) if drift else []
+    drift = {a: series(a, lambda r: (r.get("ntk") or {}).get("relative_change")) for a in drift_arms}
+    init = series(drift_arms[0], lambda r: r.get("analytic_distance_init")) if drift_arms else []
     return {
         "widths": widths,
         "test_gain": {a: series(a, lambda r: r["gain"]["test"]) for a in arms},
@@ -190,7 +202,7 @@ def main(argv=None) -> dict:
             r = run_arm(cfg, w, arm, opts.out / f"w{w}" / arm)
             results.append(r)
             print(f"[width study] width {w} {arm}: " + (r["error"] if "error" in r else f"test gain {r['gain']['test']:.3g}"))
-    a = analyse(results, widths, arms)
+    a = analyse(results, widths, arms, [x for x in arms if drifts(cfg, x)])
     a["runs"] = results
     write_json(opts.out / "width_study.json", a)
     md = table(a, arms)

@@ -11,13 +11,6 @@ from mflow.geometry import perelman as P
 from mflow.kernels.analytic import CosineNTK
 
 
-def perturbed(s):
-    """A non-Einstein metric and a measure that is not its volume form (phi != 0)."""
-    rho = P.fs_rho(s) * torch.exp(0.3 * torch.exp(-(s**2)))
-    m = P.fs_rho(s) * torch.exp(0.2 * torch.exp(-((s - 0.5) ** 2) / 0.5))
-    return rho, m
-
-
 def test_fs_conformal_factor_is_the_pulled_back_fs_metric_of_p1():
     s = torch.linspace(-3, 3, 13, dtype=torch.float64)
     w = torch.exp(s + 0.7j)
@@ -52,7 +45,7 @@ def test_perelman_gradient_is_minus_rho_times_r_plus_laplacian_phi():
     gaps = []
     for n in (601, 1201):
         s, ds = P.grid(6.0, n)
-        rho, m = perturbed(s)
+        rho, m = P.perturbed_fs(s)
         local, formula = P.local_rate(rho, m, ds), P.ricci_flow_rate(rho, m, ds)
         gaps.append(float((local - formula).abs().max() / formula.abs().max()))
         assert float((local + 4 * math.pi * P.fs_rho(s)[2:-2]).abs().max()) > 0.1  # not the FS answer
@@ -64,7 +57,7 @@ def test_gaussian_ntk_flow_tends_to_the_local_flow_as_sigma_w_grows():
     """eq. 2.30 -> eq. 2.31: the cosine net's normalised Gaussian NTK (eq. 2.35-2.37, width 1/sigma_w in d = 1)
     smears the local rate; the gap falls like sigma^2 = 1/sigma_w^2."""
     s, ds = P.grid(6.0, 1201)
-    rho, m = perturbed(s)
+    rho, m = P.perturbed_fs(s)
     local = P.local_rate(rho, m, ds)
     inner = slice(300, -300)  # |s| < 3: away from the grid's ends, where the Gaussian is cut off
     gaps = []

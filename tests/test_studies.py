@@ -24,9 +24,10 @@ def test_width_study_runs_every_arm_and_resumes(tmp_path, monkeypatch):
     assert set(a["test_gain"]) == {"network", "linearized", "frozen_ntk", "network_sgd"}
     ok = [r for r in a["runs"] if "error" not in r]
     assert len(ok) >= 6 and all(r["gain"]["test"] > 0 for r in ok)
-    drift = [r for r in ok if r["arm"] in width.DRIFT_ARMS]
+    drift = [r for r in ok if width.drifts(cfg, r["arm"])]
+    assert {r["arm"] for r in drift} <= {"network", "network_sgd"} and set(a["drift"]) == {"network", "network_sgd"}
     assert drift and all(r["ntk"]["relative_change"] > 0 and r["analytic_distance_init"] > 0 for r in drift)
-    assert all(r["ntk"] is None for r in ok if r["arm"] not in width.DRIFT_ARMS)
+    assert all(r["ntk"] is None for r in ok if not width.drifts(cfg, r["arm"]))
     assert (out / "width_study.png").stat().st_size > 1000 and "| 16 |" in (out / "width_study.md").read_text()
     saved = json.loads((out / "width_study.json").read_text())
     assert saved["widths"] == [8, 16] and len(saved["runs"]) == 8
@@ -54,3 +55,18 @@ def test_theory_report_quick(tmp_path):
     assert numbers["local_limit"]["fit"]["exponent"] == pytest.approx(-2, abs=0.3)
     assert numbers["ricci_step"]["fs_relative_error"] < 1e-3
     assert (tmp_path / "theory.png").stat().st_size > 1000
+
+
+def test_width_study_records_a_failed_run_and_does_not_rerun_it(tmp_path, monkeypatch):
+    from mflow.modules import NotPositiveDefiniteError
+
+    def fail(args, callbacks=()):
+        raise NotPositiveDefiniteError("the metric is not positive definite at 3 of 100 points (step 7)")
+
+    monkeypatch.setattr(width, "train", fail)
+    args = ["--out", str(tmp_path), "--widths", "8", "--arms", "network"]
+    a = width.main(args)
+    assert a["test_gain"]["network"] == [None] and "positive definite" in a["runs"][0]["error"]
+    assert (tmp_path / "w8" / "network" / "error.json").exists() and "failed" in (tmp_path / "width_study.md").read_text()
+    monkeypatch.setattr(width, "train", lambda *a, **k: pytest.fail("a failed run was rerun"))
+    assert width.main(args)["runs"][0]["error"] == a["runs"][0]["error"]

@@ -38,6 +38,13 @@ def fs_rho(s: torch.Tensor) -> torch.Tensor:
     return 1 / (2 * math.pi * torch.cosh(s) ** 2)
 
 
+def perturbed_fs(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A worked example off the Einstein point: (rho, m) = (rho_FS e^{0.3 exp(-s^2)}, rho_FS e^{0.2 exp(-2 (s - 1/2)^2)}),
+    a non-Einstein metric and a measure that is not its volume form (phi = log(rho / m) != 0): [k] -> ([k], [k])."""
+    fs = fs_rho(s)
+    return fs * torch.exp(0.3 * torch.exp(-(s**2))), fs * torch.exp(0.2 * torch.exp(-2 * (s - 0.5) ** 2))
+
+
 def second_difference(f: torch.Tensor, ds: float) -> torch.Tensor:
     """f'' at the interior points by central differences: [n] -> [n - 2]."""
     return (f[2:] - 2 * f[1:-1] + f[:-2]) / ds**2
