@@ -163,6 +163,8 @@ def load_checkpoint(path, expected_surface: Hypersurface | None = None) -> Loade
         raise EvaluationError(f"{path}: the 'mflow' section says kind {kind!r} but the model class is {class_path!r}")
     cls = _import_class(class_path)
     kwargs = {k: v for k, v in hp.items() if not k.startswith("_")}
+    if class_path == KINDS["network"] and "seed" in kwargs:  # written before NetworkFlow's seed became init_seed
+        kwargs["init_seed"] = kwargs.pop("seed")
     try:
         surface = surface_from_args(kwargs.get("manifold", "fermat_quintic"), kwargs.get("psi", 0.0),
                                     kwargs.get("ambient_n", 4), kwargs.get("surface_seed", 0))

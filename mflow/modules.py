@@ -47,7 +47,7 @@ class NetworkFlow(L.LightningModule):
         optimizer: adam (default) | sgd (plain gradient descent, the setting of the NTK theory: with sgd a
             linearized model's step is exactly the discrete frozen metric-NTK flow, eq. 2.12).
         lr: learning rate; lr_decay: multiplicative decay per epoch.
-        seed: initialisation seed of the network.
+        init_seed: seed of the network's initialisation (not the data's ``seed``, so that the two can differ).
         linearize: train the first-order Taylor expansion of the network in its parameters at
             initialisation (eq. 2.10, mflow.linearized.LinearizedModel) instead of the network: its
             metric-NTK stays the initial one (eq. 2.11), the frozen-kernel limit at finite width.
@@ -72,7 +72,7 @@ class NetworkFlow(L.LightningModule):
         optimizer: str = "adam",
         lr: float = 1e-3,
         lr_decay: float = 1.0,
-        seed: int = 0,
+        init_seed: int = 0,
         linearize: bool = False,
     ):
         super().__init__()
@@ -85,7 +85,7 @@ class NetworkFlow(L.LightningModule):
         self.loss_weights = losses_.check_weights(loss_weights)
         self.surface = surface_from_args(manifold, psi, ambient_n, surface_seed)
         with torch.random.fork_rng():
-            torch.manual_seed(seed)
+            torch.manual_seed(init_seed)
             self.model = MetricModel(
                 self.surface, head, depth, width, activation, parametrization, sigma_w, sigma_b, features, out_scale
             )

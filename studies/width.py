@@ -29,6 +29,7 @@ import json
 import sys
 from pathlib import Path
 
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,7 +80,7 @@ def run_arm(cfg: dict, width: int, arm: str, run_dir: Path) -> dict:
         callbacks = [NTKDrift(**cfg.get("drift", {}))] if drifts(cfg, arm) else []
         try:
             train(args, callbacks=callbacks)
-        except (FloatingPointError, RuntimeError, ValueError) as e:  # non-PD metric, NaN loss: record, go on
+        except (FloatingPointError, torch.linalg.LinAlgError) as e:  # non-PD metric, NaN loss: record, go on
             error = {"width": width, "arm": arm, "error": f"{type(e).__name__}: {e}"}
             write_json(error_path, error)  # delete it to try the run again
             return error

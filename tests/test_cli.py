@@ -38,6 +38,15 @@ def test_overrides_take_effect_and_summary_is_written(tmp_path):
     assert s["ricci_measure_val"] > 0
 
 
+def test_the_network_seed_and_the_data_seed_can_differ(tmp_path):
+    """Lightning logs the model's and the data's hyperparameters together: they must not share a key
+    with different values (NetworkFlow's seed is init_seed for that reason)."""
+    trainer = main(_args(tmp_path, "--model.init_seed=3", "--data.seed=0", "--trainer.fast_dev_run=1"))
+    again = main(_args(tmp_path, "--model.init_seed=4", "--data.seed=0", "--trainer.fast_dev_run=1"))
+    w = [t.lightning_module.model.net.net[0].weight for t in (trainer, again)]
+    assert not torch.equal(*w)
+
+
 def test_a_run_killed_mid_epoch_resumes_from_its_last_checkpoint(tmp_path):
     # 480 train points / batch 64 = 8 steps per epoch; the "kill" comes after step 5, last.ckpt is from step 4
     main(_args(tmp_path, "--trainer.max_steps=5", "--checkpoint_every_n_steps=2", "--test=false"))

@@ -107,6 +107,17 @@ def test_bad_checkpoints_give_clear_errors_and_write_nothing(tiny_ckpt, tmp_path
     assert _files(tmp_path) | _files(tiny_ckpt.parent.parent) == before
 
 
+def test_a_checkpoint_written_before_init_seed_still_loads(tiny_ckpt, tmp_path):
+    ck = torch.load(tiny_ckpt, weights_only=False)
+    hp = {k: v for k, v in ck["hyper_parameters"].items() if k != "init_seed"}
+    old = tmp_path / "old.ckpt"
+    torch.save({**ck, "hyper_parameters": {**hp, "seed": 0}}, old)
+    loaded = evaluation.load_checkpoint(old)
+    assert loaded.module.hparams.init_seed == 0
+    state = loaded.module.state_dict()
+    assert all(torch.equal(v.cpu(), state[k]) for k, v in ck["state_dict"].items())
+
+
 def test_test_points_of_another_manifold_are_refused(tiny_ckpt, tmp_path):
     quartic = manifold("fermat_quartic")
     save_pointset(tmp_path / "quartic.npz", sample(quartic, 200, 0), quartic, seed=0)
