@@ -21,16 +21,16 @@ def test_width_study_runs_every_arm_and_resumes(tmp_path, monkeypatch):
     cfg["drift"] = {"n_probe": 8, "every_n_steps": 2}
     monkeypatch.setattr(width, "load_config", lambda path: json.loads(json.dumps(cfg)))
     a = width.main(args)
-    assert set(a["test_gain"]) == {"network", "linearized", "frozen_ntk", "network_sgd"}
+    assert set(a["test_gain"]) == {"network", "linearized", "frozen_ntk", "network_sgd", "lazy_sgd"}
     ok = [r for r in a["runs"] if "error" not in r]
-    assert len(ok) >= 6 and all(r["gain"]["test"] > 0 for r in ok)
+    assert len(ok) >= 8 and all(r["gain"]["test"] > 0 for r in ok)
     drift = [r for r in ok if width.drifts(cfg, r["arm"])]
-    assert {r["arm"] for r in drift} <= {"network", "network_sgd"} and set(a["drift"]) == {"network", "network_sgd"}
+    assert set(a["drift"]) == {"network", "network_sgd", "lazy_sgd"} and {r["arm"] for r in drift} <= set(a["drift"])
     assert drift and all(r["ntk"]["relative_change"] > 0 and r["analytic_distance_init"] > 0 for r in drift)
     assert all(r["ntk"] is None for r in ok if not width.drifts(cfg, r["arm"]))
     assert (out / "width_study.png").stat().st_size > 1000 and "| 16 |" in (out / "width_study.md").read_text()
     saved = json.loads((out / "width_study.json").read_text())
-    assert saved["widths"] == [8, 16] and len(saved["runs"]) == 8
+    assert saved["widths"] == [8, 16] and len(saved["runs"]) == 10
     # a finished run is not rerun: the study resumes from the runs' summaries
     monkeypatch.setattr(width, "train", lambda *a, **k: pytest.fail("a finished run was rerun"))
     assert width.main(args)["test_gain"] == a["test_gain"]
