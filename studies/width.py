@@ -12,7 +12,8 @@ points, in four arms (conf/studies/width.yaml):
   network_sgd  the network trained by that same SGD: the lazy-training comparison, whose NTK drift
                after a fixed budget should fall like width^-1/2 in NTK parametrisation.
 
-NTKDrift runs on the arms that train the network itself; its first measurement also gives the distance of the empirical
+NTKDrift runs on the arms that train the network itself: the drift after the whole budget, and after the config's
+``early_drift_step`` steps (the small-drift regime); its first measurement also gives the distance of the empirical
 network kernel at initialisation to the analytic infinite-width ReLU NTK.
 
   python studies/width.py [--config conf/studies/width.yaml] [--out runs/width-study] [--widths 64 256]
@@ -91,6 +92,8 @@ def run_arm(cfg: dict, width: int, arm: str, run_dir: Path) -> dict:
     if drift_path.exists():
         series = json.loads(drift_path.read_text())["series"]
         out["analytic_distance_init"] = series[0].get("analytic_distance")
+        early = cfg.get("early_drift_step")
+        out["drift_early"] = next((e["relative_change"] for e in series if e["step"] == early), None)
     return out
 
 
@@ -111,6 +114,7 @@ def analyse(results: list[dict], widths: list[int], arms: list[str], drift_arms:
         return [get(ok[(w, arm)]) if (w, arm) in ok else None for w in widths]
 
     drift = {a: series(a, lambda r: (r.get("ntk") or {}).get("relative_change")) for a in drift_arms}
+    early = {a: series(a, lambda r: r.get("drift_early")) for a in drift_arms}
     init = series(drift_arms[0], lambda r: r.get("analytic_distance_init")) if drift_arms else []
     return {
         "widths": widths,
@@ -118,6 +122,8 @@ def analyse(results: list[dict], widths: list[int], arms: list[str], drift_arms:
         "train_gain": {a: series(a, lambda r: r["gain"]["train"]) for a in arms},
         "drift": drift,
         "drift_fit": {a: power_fit(widths, v) for a, v in drift.items()},
+        "drift_early": early,
+        "drift_early_fit": {a: power_fit(widths, v) for a, v in early.items()},
         "analytic_distance_init": init,
         "analytic_distance_fit": power_fit(widths, init) if init else None,
     }
@@ -128,13 +134,17 @@ def table(a: dict, arms: list[str]) -> str:
     def f(v):
         return "failed" if v is None else f"{v:.3g}"
 
-    head = ["width"] + [f"test gain: {x}" for x in arms] + [f"drift: {x}" for x in a["drift"]] + ["init kernel vs analytic"]
+    early = [x for x in a["drift_early"] if any(v is not None for v in a["drift_early"][x])]
+    head = (["width"] + [f"test gain: {x}" for x in arms] + [f"drift: {x}" for x in a["drift"]]
+            + [f"early drift: {x}" for x in early] + ["init kernel vs analytic"])
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for i, w in enumerate(a["widths"]):
-        cells = [str(w)] + [f(a["test_gain"][x][i]) for x in arms] + [f(a["drift"][x][i]) for x in a["drift"]]
+        cells = ([str(w)] + [f(a["test_gain"][x][i]) for x in arms] + [f(a["drift"][x][i]) for x in a["drift"]]
+                 + [f(a["drift_early"][x][i]) for x in early])
         cells.append(f(a["analytic_distance_init"][i]) if a["analytic_distance_init"] else "-")
         rows.append("| " + " | ".join(cells) + " |")
     fits = [f"drift of {x} ~ width^{fit['exponent']:.3f}" for x, fit in a["drift_fit"].items() if fit]
+    fits += [f"early drift of {x} ~ width^{fit['exponent']:.3f}" for x, fit in a["drift_early_fit"].items() if fit]
     if a["analytic_distance_fit"]:
         fits.append(f"init kernel vs analytic ~ width^{a['analytic_distance_fit']['exponent']:.3f}")
     return "\n".join(rows) + "\n\n" + "; ".join(fits) + "\n"
@@ -159,6 +169,7 @@ def figure(a: dict, arms: list[str], path) -> None:
     left.set_title("network vs linearization vs frozen NTK")
     left.legend()
     curves = [(f"drift: {x}", a["drift"][x], a["drift_fit"][x]) for x in a["drift"]]
+    curves += [(f"early drift: {x}", a["drift_early"][x], a["drift_early_fit"][x]) for x in a["drift_early"]]
     curves.append(("init kernel vs analytic", a["analytic_distance_init"], a["analytic_distance_fit"]))
     for label, ys, fit in curves:
         pts = [(x, y) for x, y in zip(w, ys) if y is not None and y > 0]

@@ -19,6 +19,7 @@ def test_width_study_runs_every_arm_and_resumes(tmp_path, monkeypatch):
     args = ["--out", str(out), "--widths", "8", "16", "--set", *TINY[:3]]
     cfg = width.load_config(ROOT / "conf" / "studies" / "width.yaml")
     cfg["drift"] = {"n_probe": 8, "every_n_steps": 2}
+    cfg["early_drift_step"] = 2
     monkeypatch.setattr(width, "load_config", lambda path: json.loads(json.dumps(cfg)))
     a = width.main(args)
     assert set(a["test_gain"]) == {"network", "linearized", "frozen_ntk", "network_sgd", "lazy_sgd"}
@@ -28,6 +29,10 @@ def test_width_study_runs_every_arm_and_resumes(tmp_path, monkeypatch):
     assert set(a["drift"]) == {"network", "network_sgd", "lazy_sgd"} and {r["arm"] for r in drift} <= set(a["drift"])
     assert drift and all(r["ntk"]["relative_change"] > 0 and r["analytic_distance_init"] > 0 for r in drift)
     assert all(r["ntk"] is None for r in ok if not width.drifts(cfg, r["arm"]))
+    for r in drift:  # the early drift is the series' value at step 2
+        series = json.loads((out / f"w{r['width']}" / r["arm"] / "ntk_drift.json").read_text())["series"]
+        assert r["drift_early"] == next(e["relative_change"] for e in series if e["step"] == 2) > 0
+    assert "early drift: network" in (out / "width_study.md").read_text()
     assert (out / "width_study.png").stat().st_size > 1000 and "| 16 |" in (out / "width_study.md").read_text()
     saved = json.loads((out / "width_study.json").read_text())
     assert saved["widths"] == [8, 16] and len(saved["runs"]) == 10
