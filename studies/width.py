@@ -158,31 +158,33 @@ def figure(a: dict, arms: list[str], path) -> None:
     import matplotlib.pyplot as plt
 
     w = a["widths"]
+    color = {arm: f"C{i}" for i, arm in enumerate(arms)}  # one colour per arm in both panels
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for arm in arms:
         pts = [(x, y) for x, y in zip(w, a["test_gain"][arm]) if y is not None]
         if pts:
-            left.plot(*zip(*pts), marker="o", label=arm)
+            left.plot(*zip(*pts), marker="o", color=color[arm], label=arm)
     left.set_xscale("log", base=2)
     left.set_xlabel("width")
     left.set_ylabel("test sigma gain")
     left.set_title("network vs linearization vs frozen NTK")
     left.legend()
-    curves = [(f"drift: {x}", a["drift"][x], a["drift_fit"][x]) for x in a["drift"]]
-    curves += [(f"early drift: {x}", a["drift_early"][x], a["drift_early_fit"][x]) for x in a["drift_early"]]
-    curves.append(("init kernel vs analytic", a["analytic_distance_init"], a["analytic_distance_fit"]))
-    for label, ys, fit in curves:
+    curves = [(f"drift: {x}", a["drift"][x], a["drift_fit"][x], color[x], "o") for x in a["drift"]]
+    curves += [(f"early drift: {x}", a["drift_early"][x], a["drift_early_fit"][x], color[x], "^") for x in a["drift_early"]]
+    curves.append(("init kernel vs analytic", a["analytic_distance_init"], a["analytic_distance_fit"], "k", "s"))
+    for label, ys, fit, c, marker in curves:
         pts = [(x, y) for x, y in zip(w, ys) if y is not None and y > 0]
         if not pts:
             continue
-        line = right.plot(*zip(*pts), marker="o", label=label + (f" (slope {fit['exponent']:.2f})" if fit else ""))[0]
+        right.plot(*zip(*pts), marker=marker, ls="-" if marker != "^" else ":", color=c,
+                   label=label + (f" (slope {fit['exponent']:.2f})" if fit else ""))
         if fit:
-            right.plot(w, [fit["prefactor"] * x ** fit["exponent"] for x in w], ls="--", color=line.get_color())
+            right.plot(w, [fit["prefactor"] * x ** fit["exponent"] for x in w], ls="--", lw=0.8, color=c)
     right.set_xscale("log", base=2)
     right.set_yscale("log")
     right.set_xlabel("width")
     right.set_ylabel("relative Frobenius distance")
-    right.set_title("NTK drift after the budget; kernel at init")
+    right.set_title("NTK drift (full budget; early: triangles); kernel at init")
     right.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=110)
