@@ -1,7 +1,7 @@
 """Width study: the paper's feature-learning argument, measured.
 
 The same architecture is trained at growing widths, each run a train.py run (mflow.cli.main) on the same
-points, in four arms (conf/studies/width.yaml):
+points, in the config's arms (conf/studies/width.yaml has five):
 
   network      the network with the config's optimizer (Adam): its features, and so its NTK, can move;
   linearized   its linearization at initialisation (eq. 2.10) with the same optimizer: the metric-NTK is
@@ -9,8 +9,9 @@ points, in four arms (conf/studies/width.yaml):
   frozen_ntk   the linearization trained by plain SGD: every step is exactly the discrete frozen
                metric-NTK flow of eq. 2.12 with the width-w empirical NTK at initialisation
                (tests/test_ntk.py::test_sgd_step_of_the_linearized_model_is_the_frozen_ntk_flow);
-  network_sgd  the network trained by that same SGD: the lazy-training comparison, whose NTK drift
-               after a fixed budget should fall like width^-1/2 in NTK parametrisation.
+  network_sgd  the network trained by that same SGD: the comparison at equal optimizer;
+  lazy_sgd     the network with a 10x smaller SGD step: the lazy regime, where the NTK drift after a fixed
+               budget falls with width (NTK parametrisation; README "Width study" for the exponents).
 
 NTKDrift runs on the arms that train the network itself: the drift after the whole budget, and after the config's
 ``early_drift_step`` steps (the small-drift regime); its first measurement also gives the distance of the empirical
@@ -22,6 +23,8 @@ Writes <out>/width_study.json (every run's gains and drift, and the fitted expon
 (the table) and width_study.png. A run that finished (its summary.json exists) is not rerun, so a killed
 study resumes where it stopped (a killed run from its last.ckpt); a run that fails (e.g. its metric leaves the
 positive-definite cone) is recorded with its error (<run>/error.json; delete it to retry) and the study goes on.
+Each run directory keeps the train.py arguments it was made with (study_args.json): an --out whose runs were
+made with other settings is refused rather than mixed in.
 """
 from __future__ import annotations
 
@@ -66,15 +69,19 @@ def drifts(cfg: dict, arm: str) -> bool:
 def run_arm(cfg: dict, width: int, arm: str, run_dir: Path) -> dict:
     """One train.py run; returns its summary (plus the NTK drift on the drift arms). A finished run is read back,
     a killed one resumes from its last.ckpt, a failed one (error.json) is reported, not rerun."""
-    summary_path, error_path = run_dir / "summary.json", run_dir / "error.json"
+    summary_path, error_path, args_path = run_dir / "summary.json", run_dir / "error.json", run_dir / "study_args.json"
+    opts = {**cfg["args"], **cfg["arms"][arm], "model.width": width}
+    args = [f"--{k}={v}" for k, v in opts.items()] + [
+        f"--run_dir={run_dir}", f"--wandb={cfg.get('wandb', 'disabled')}",
+        "--trainer.callbacks=[]",  # not the default config's NTKDrift: the study sets its own, on the drift arms
+    ]
+    record = {"args": args, "drift": cfg.get("drift", {}) if drifts(cfg, arm) else None}
+    if args_path.exists() and json.loads(args_path.read_text()) != record:
+        raise SystemExit(f"{run_dir} was run with other settings (see {args_path}): choose another --out")
     if error_path.exists():
         return json.loads(error_path.read_text())
     if not summary_path.exists():
-        opts = {**cfg["args"], **cfg["arms"][arm], "model.width": width}
-        args = [f"--{k}={v}" for k, v in opts.items()] + [
-            f"--run_dir={run_dir}", f"--wandb={cfg.get('wandb', 'disabled')}",
-            "--trainer.callbacks=[]",  # not the default config's NTKDrift: the study sets its own, on the drift arms
-        ]
+        write_json(args_path, record)
         last = run_dir / "checkpoints" / "last.ckpt"
         if last.exists():
             args.append(f"--ckpt_path={last}")
@@ -197,7 +204,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", type=Path, default=Path("runs") / "width-study")
     ap.add_argument("--widths", type=int, nargs="+", help="override the config's widths")
     ap.add_argument("--arms", nargs="+", help="run only these arms")
-    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override shared train.py arguments")
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="override shared train.py arguments (an arm's own settings win)")
     opts = ap.parse_args(argv)
     cfg = load_config(opts.config)
     widths = opts.widths or cfg["widths"]

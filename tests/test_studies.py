@@ -39,6 +39,9 @@ def test_width_study_runs_every_arm_and_resumes(tmp_path, monkeypatch):
     # a finished run is not rerun: the study resumes from the runs' summaries
     monkeypatch.setattr(width, "train", lambda *a, **k: pytest.fail("a finished run was rerun"))
     assert width.main(args)["test_gain"] == a["test_gain"]
+    # runs made with other settings are refused, not mixed in
+    with pytest.raises(SystemExit, match="other settings"):
+        width.main(["--out", str(out), "--widths", "8", "--set", "data.n_points=700", *TINY[1:3]])
 
 
 def test_width_study_config_is_checked(tmp_path):
