@@ -159,8 +159,8 @@ def _ranges(n: int, size: int) -> list[slice]:
 def output_jacobian(fn: OutputFn, params: dict, x: Points, names: list[str] | None = None) -> torch.Tensor:
     """Per-point Jacobian d fn_c(x_n) / d theta_I: -> [N, C, P] (P = parameters in ``names`` order, flattened).
 
-    Grouped by chart (patch, elim): each group is one vmap over its points of a jacrev over the
-    parameters, with the chart a constant, so the model sees one point at a time.
+    One vmap over the points (with their charts) of a jacrev over the parameters, so the model sees one
+    point at a time.
     """
     return _jacobian(fn, params, as_points(x), names, "full")
 
@@ -168,9 +168,9 @@ def output_jacobian(fn: OutputFn, params: dict, x: Points, names: list[str] | No
 def _jacobian(fn: OutputFn, params: dict, pts, names, kind: str) -> torch.Tensor:
     """Per-point Jacobian, [C, N, P] for kind 'diagonal' (batched over C), else [N, C, P] (point rows contiguous).
 
-    One vmap over points of a jacrev over parameters per chart. A model that cannot be vmapped
-    over points (data-dependent control flow, ...) falls back to a jacrev of the whole output of
-    small point blocks (the vmap is then over cotangents only; cost grows with the block size).
+    One vmap over the points of a jacrev over parameters. A model that cannot be vmapped over points
+    (data-dependent control flow, ...) falls back to a jacrev of the whole output of small point
+    blocks (the vmap is then over cotangents only; cost grows with the block size).
     """
     names = list(params) if names is None else list(names)
     sel = {k: params[k] for k in names}
@@ -205,18 +205,14 @@ def _jacobian(fn: OutputFn, params: dict, pts, names, kind: str) -> torch.Tensor
 
 
 def _jacobian_per_point(fn, sel, rest, pts):
-    """(indices [g], {name: [g, C, *shape]}) per chart: vmap over the chart's points of jacrev at one point."""
+    """(indices [N], {name: [N, C, *shape]}): one vmap over the points (and their charts) of jacrev at one point."""
     z, patch, elim = pts
 
-    def one(p, zr, pa, el):  # a single point (real view of z), its chart a constant: -> [C]
+    def one(p, zr, pa, el):  # a single point (real view of z) in its chart: -> [C]
         return fn({**rest, **p}, torch.view_as_complex(zr)[None], pa[None], el[None])[0]
 
-    jac_one = vmap(jacrev(one), in_dims=(None, 0, None, None))
     zr = torch.view_as_real(z.contiguous())
-    key = patch * z.shape[-1] + elim
-    for k in torch.unique(key):
-        idx = (key == k).nonzero()[:, 0]
-        yield idx, jac_one(sel, zr[idx], patch[idx[0]], elim[idx[0]])
+    yield torch.arange(len(z), device=z.device), vmap(jacrev(one), in_dims=(None, 0, 0, 0))(sel, zr, patch, elim)
 
 
 def _jacobian_blocks(fn, sel, rest, pts, size: int = 8):
@@ -318,7 +314,7 @@ def _layer_deltas(fn, params, layers, pts, kind: str) -> dict[str, torch.Tensor]
     """delta_l = d fn_c / d y_l (y_l the layer's output) per point: [C, N, out] ('diagonal') or [N, C, out].
 
     A zero perturbation eps_l is added to each layer's output by a forward hook and the Jacobian
-    taken w.r.t. it: one vmap over the points of a chart of a jacrev at one point (as for
+    taken w.r.t. it: one vmap over the points (with their charts) of a jacrev at one point (as for
     :func:`output_jacobian`, with a block fallback), through activations only, no weight gradients.
     """
     z, patch, elim = pts
@@ -343,17 +339,11 @@ def _layer_deltas(fn, params, layers, pts, kind: str) -> dict[str, torch.Tensor]
     zr = torch.view_as_real(z.contiguous())
     try:
         try:
-            jac_one = vmap(
-                jacrev(lambda e, x, pa, el: run(e, torch.view_as_complex(x)[None], pa[None], el[None])[0]),
-                in_dims=(0, 0, None, None),
-            )
-            key = patch * z.shape[-1] + elim
-            for k in torch.unique(key):
-                idx = (key == k).nonzero()[:, 0]
-                eps = {n: torch.zeros(len(idx), 1, o, dtype=torch.float64, device=z.device) for n, o in outs.items()}
-                d = jac_one(eps, zr[idx], patch[idx[0]], elim[idx[0]])  # {name: [g, C, 1, out]}
-                for n, t in d.items():
-                    _fill(res, n, idx, t[:, :, 0], len(z), kind)
+            jac_one = vmap(jacrev(lambda e, x, pa, el: run(e, torch.view_as_complex(x)[None], pa[None], el[None])[0]))
+            eps = {n: torch.zeros(len(z), 1, o, dtype=torch.float64, device=z.device) for n, o in outs.items()}
+            d = jac_one(eps, zr, patch, elim)  # {name: [N, C, 1, out]}
+            for n, t in d.items():
+                _fill(res, n, torch.arange(len(z), device=z.device), t[:, :, 0], len(z), kind)
         except RuntimeError as e:
             if "vmap" not in str(e) or res:
                 raise

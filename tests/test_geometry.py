@@ -77,6 +77,17 @@ def test_sigma_vanishes_when_eta_is_one():
 
 
 # ---------------------------------------------------------------- charts, pullback, FS metric
+@pytest.mark.parametrize("n1", [3, 4, 5, 7])
+def test_local_indices_are_the_sorted_remaining_coordinates_and_vmap(n1):
+    pairs = torch.tensor([(p, e) for p in range(n1) for e in range(n1) if p != e])
+    loc = charts.local_indices(pairs[:, 0], pairs[:, 1], n1)
+    want = torch.tensor([[j for j in range(n1) if j not in (p, e)] for p, e in pairs.tolist()])
+    assert torch.equal(loc, want)
+    dp = torch.randn(len(pairs), n1, dtype=torch.complex128)
+    one = lambda d, p, e: charts.pullback(d[None], p[None], e[None])[0]  # noqa: E731
+    assert torch.equal(torch.func.vmap(one)(dp, pairs[:, 0], pairs[:, 1]), charts.pullback(dp, pairs[:, 0], pairs[:, 1]))
+
+
 def _local_chart_map(X, z0, patch, elim):
     """x (complex local coordinates, [K, n-1]) -> z on X, eliminated coordinate by Newton."""
     loc = charts.local_indices(patch[None], elim[None], X.n + 1)[0]

@@ -50,10 +50,15 @@ def ties_for_largest(z: torch.Tensor, rtol: float = 1e-12) -> torch.Tensor:
 
 
 def local_indices(patch: torch.Tensor, elim: torch.Tensor, n1: int) -> torch.Tensor:
-    """Ambient indices of the local coordinates, increasing: [N], [N] -> [N, n-1] int64."""
-    idx = torch.arange(n1, device=patch.device).expand(len(patch), n1)
-    keep = (idx != patch[:, None]) & (idx != elim[:, None])
-    return idx[keep].reshape(len(patch), n1 - 2)
+    """Ambient indices of the local coordinates, increasing: [N], [N] -> [N, n-1] int64.
+
+    The k-th index skips the two removed ones, min(patch, elim) and max(patch, elim); computed without
+    data-dependent shapes, so it works under torch.func.vmap.
+    """
+    k = torch.arange(n1 - 2, device=patch.device)
+    lo, hi = torch.minimum(patch, elim)[..., None], torch.maximum(patch, elim)[..., None]
+    j = k + (k >= lo).long()
+    return j + (j >= hi).long()
 
 
 def pullback(dp: torch.Tensor, patch: torch.Tensor, elim: torch.Tensor) -> torch.Tensor:
@@ -64,8 +69,9 @@ def pullback(dp: torch.Tensor, patch: torch.Tensor, elim: torch.Tensor) -> torch
     """
     n1 = dp.shape[-1]
     loc = local_indices(patch, elim, n1)  # [N, n-1]
-    onehot_loc = torch.nn.functional.one_hot(loc, n1).to(dp.dtype)  # [N, n-1, n+1]
-    onehot_elim = torch.nn.functional.one_hot(elim, n1).to(dp.dtype)[:, None, :]  # [N, 1, n+1]
+    ambient = torch.arange(n1, device=dp.device)
+    onehot_loc = (loc[..., None] == ambient).to(dp.dtype)  # [N, n-1, n+1]
+    onehot_elim = (elim[:, None] == ambient).to(dp.dtype)[:, None, :]  # [N, 1, n+1]
     dz_elim = -dp.gather(-1, loc) / dp.gather(-1, elim[:, None])  # [N, n-1]
     return onehot_loc + dz_elim[..., None] * onehot_elim
 
