@@ -178,17 +178,13 @@ def _jacobian(fn: OutputFn, params: dict, pts, names, kind: str) -> torch.Tensor
     sizes = [sel[k].numel() for k in names]
     z = pts[0]
     out = None
-    groups = _jacobian_per_point(fn, sel, rest, pts)
-    while True:
-        try:
-            idx, Jg = next(groups)
-        except StopIteration:
-            break
-        except RuntimeError as e:  # not vmappable over points: start again without
-            if "vmap" not in str(e) or out is not None:
-                raise
-            groups = _jacobian_blocks(fn, sel, rest, pts)
-            continue
+    try:
+        groups = [_jacobian_per_point(fn, sel, rest, pts)]
+    except RuntimeError as e:  # not vmappable over points: blocks of points instead
+        if "vmap" not in str(e):
+            raise
+        groups = _jacobian_blocks(fn, sel, rest, pts)
+    for idx, Jg in groups:
         if out is None:
             C = Jg[names[0]].shape[1]
             shape = (C, len(z), sum(sizes)) if kind == "diagonal" else (len(z), C, sum(sizes))
@@ -212,7 +208,7 @@ def _jacobian_per_point(fn, sel, rest, pts):
         return fn({**rest, **p}, torch.view_as_complex(zr)[None], pa[None], el[None])[0]
 
     zr = torch.view_as_real(z.contiguous())
-    yield torch.arange(len(z), device=z.device), vmap(jacrev(one), in_dims=(None, 0, 0, 0))(sel, zr, patch, elim)
+    return torch.arange(len(z), device=z.device), vmap(jacrev(one), in_dims=(None, 0, 0, 0))(sel, zr, patch, elim)
 
 
 def _jacobian_blocks(fn, sel, rest, pts, size: int = 8):
