@@ -361,6 +361,10 @@ def test_bad_input_is_refused_with_clear_errors(quintic, split, tmp_path):
         _dm(tmp_path, n_clusters=0)
     with pytest.raises(ValueError, match="merge"):
         _dm(tmp_path, merge="best")
+    with pytest.raises(ValueError, match="exceeds cluster_batch_size = 10"):
+        _dm(tmp_path, n_clusters=20, cluster_batch_size=10)
+    with pytest.raises(ValueError, match="linkage"):
+        _dm(tmp_path, linkage="single")
     dm = _dm(tmp_path, n_clusters=100, cluster_batch_size=200)
     with pytest.raises(ValueError, match="exceeds the 80 train points"):
         dm.setup()

@@ -15,8 +15,7 @@ import math
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from mflow.checks import integer
-from mflow.kernels.clustering import LINKAGES, MERGES, batched_clustering, check_labels
+from mflow.kernels.clustering import batched_clustering, check_labels, check_settings
 
 from .datamodule import CYDataModule, PointsDataset
 
@@ -97,14 +96,7 @@ class ClusteredDataModule(CYDataModule):
             val_fraction=val_fraction, test_fraction=test_fraction, batch_size=batch_size, path=path,
             cache_dir=cache_dir, num_workers=num_workers,
         )
-        integer("n_clusters", n_clusters)
-        integer("cluster_batch_size", cluster_batch_size)
-        if merge not in MERGES:
-            raise ValueError(f"merge must be one of {MERGES}, got {merge!r}")
-        if linkage not in LINKAGES:
-            raise ValueError(f"linkage must be one of {LINKAGES}, got {linkage!r}")
-        if n_clusters > cluster_batch_size:
-            raise ValueError(f"n_clusters = {n_clusters} exceeds cluster_batch_size = {cluster_batch_size}")
+        check_settings(n_clusters, cluster_batch_size, merge, linkage, "cluster_batch_size")  # before any sampling
         self.n_clusters, self.cluster_batch_size = n_clusters, cluster_batch_size
         self.merge, self.linkage = merge, linkage
         self.cluster_seed = seed if cluster_seed is None else cluster_seed

@@ -87,6 +87,19 @@ def _assign(cost: torch.Tensor, merge: str) -> torch.Tensor:
     return out
 
 
+def check_settings(n_clusters: int, batch_size: int, merge: str, linkage: str, batch_name: str = "batch_size") -> None:
+    """Refuse batched-clustering settings that cannot work, naming the argument to change (the batch size's
+    name is the caller's: ``batch_name``)."""
+    integer("n_clusters", n_clusters)
+    integer(batch_name, batch_size)
+    if merge not in MERGES:
+        raise ValueError(f"merge must be one of {MERGES}, got {merge!r}")
+    if linkage not in LINKAGES:
+        raise ValueError(f"linkage must be one of {LINKAGES}, got {linkage!r}")
+    if n_clusters > batch_size:
+        raise ValueError(f"n_clusters = {n_clusters} exceeds {batch_name} = {batch_size}")
+
+
 def batched_clustering(
     z, n_clusters: int, batch_size: int, seed: int = 0, merge: str = "greedy", linkage: str = "complete"
 ) -> torch.Tensor:
@@ -98,15 +111,8 @@ def batched_clustering(
     With batch_size >= N this is ``cluster_batch`` on all points.
     """
     z = as_z(z)
-    integer("n_clusters", n_clusters)
-    integer("batch_size", batch_size)
+    check_settings(n_clusters, batch_size, merge, linkage)
     integer("seed", seed, lo=0)
-    if merge not in MERGES:
-        raise ValueError(f"merge must be one of {MERGES}, got {merge!r}")
-    if linkage not in LINKAGES:
-        raise ValueError(f"linkage must be one of {LINKAGES}, got {linkage!r}")
-    if n_clusters > batch_size:
-        raise ValueError(f"n_clusters = {n_clusters} exceeds the batch size {batch_size}")
     if n_clusters > len(z):
         raise ValueError(f"n_clusters = {n_clusters} exceeds the number of points {len(z)}")
     perm = torch.randperm(len(z), generator=torch.Generator().manual_seed(seed))
