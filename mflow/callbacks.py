@@ -9,6 +9,7 @@ import torch
 
 from .geometry import curvature, volume
 from .io import write_json
+from .ntk_callbacks import NTKDrift
 
 
 class RunSummary(L.Callback):
@@ -77,8 +78,6 @@ class RunSummary(L.Callback):
 
 def _last_drift(trainer) -> dict | None:
     """The last entry of the NTKDrift callback's series (None without one)."""
-    from .ntk_callbacks import NTKDrift
-
     drift = next((c for c in trainer.callbacks if isinstance(c, NTKDrift) and c.series), None)
     if drift is None:
         return None
