@@ -3,7 +3,8 @@
 [--target-gain G ...]` (all options: --help; the logic is mflow.evaluation)."""
 import sys
 
-from mflow.evaluation import main
+from mflow.cli.errors import run
+from mflow.evaluation.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main, "evaluate.py"))

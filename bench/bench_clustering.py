@@ -22,7 +22,7 @@ import torch
 from mflow.geometry.distance import fs_distance_matrix
 from mflow.geometry.hypersurface import manifold
 from mflow.geometry.points import sample
-from mflow.kernels.clustering import LINKAGES, MERGES, agreement, batched_clustering, cluster_batch, cluster_figure
+from mflow.data.clustering import LINKAGES, MERGES, agreement, batched_clustering, cluster_batch, cluster_figure
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

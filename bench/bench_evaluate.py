@@ -36,7 +36,7 @@ TARGET_SECONDS = 60.0
 
 
 def tiny_checkpoint(d: Path) -> Path:
-    from mflow.cli import main
+    from mflow.cli.train import main
 
     main([f"--run_dir={d / 'run'}", f"--data.cache_dir={d / 'data'}", "--data.n_points=2000", "--wandb=disabled",
           "--trainer.max_epochs=2", "--model.width=32", "--test=false", "--trainer.enable_progress_bar=false"])

@@ -47,12 +47,13 @@ def child(mode: str, n: int, threads: int, cluster: int, probe: int, steps: int)
     import torch
 
     torch.set_num_threads(threads)
-    from mflow.kernel_flow import KernelFlow
+    from mflow.flows import FrozenKernelFlow
+    from mflow.kernels import GaussianFS
 
     s, p, kappa, t_sample = _setup(n)
     out = {"mode": mode, "n_train": len(p), "threads": threads, "sample_seconds": t_sample}
     if mode == "unclustered":
-        f = KernelFlow(kernel="gaussian", kernel_params={"sigma": SIGMA}, lr=0.03, reduction="sum", cache_mb=0.0).attach(p, kappa)
+        f = FrozenKernelFlow(s, GaussianFS(SIGMA), lr=0.03, reduction="sum", cache_mb=0.0).attach(p, kappa)
         times = []
         for _ in range(steps):
             t = time.perf_counter()
@@ -66,8 +67,7 @@ def child(mode: str, n: int, threads: int, cluster: int, probe: int, steps: int)
         t = time.perf_counter()
         labels = cluster_points(p, s, k, min(len(p), 5000), seed=0)
         out["clustering_seconds"] = time.perf_counter() - t
-        f = KernelFlow(kernel="gaussian", kernel_params={"sigma": SIGMA}, lr=0.03, reduction="sum", cache_mb=4096.0)
-        f.attach(p, kappa, labels)
+        f = FrozenKernelFlow(s, GaussianFS(SIGMA), lr=0.03, reduction="sum", cache_mb=4096.0).attach(p, kappa, labels)
         t = time.perf_counter()
         f.flow_step()  # one step per cluster; builds and caches the cluster kernels
         first = time.perf_counter() - t
@@ -81,7 +81,7 @@ def child(mode: str, n: int, threads: int, cluster: int, probe: int, steps: int)
                    first_epoch_seconds=first, seconds_per_step=min(times), steps=steps,
                    cached_kernel_mb=f._cache_bytes / 2**20)
     else:  # big: time the kernel sum for `probe` receiving rows against all N sources, then scale
-        f = KernelFlow(kernel="gaussian", kernel_params={"sigma": SIGMA}, lr=0.03, reduction="sum", cache_mb=0.0).attach(p, kappa)
+        f = FrozenKernelFlow(s, GaussianFS(SIGMA), lr=0.03, reduction="sum", cache_mb=0.0).attach(p, kappa)
         rows = torch.arange(len(p))
         t = time.perf_counter()
         _, G = f.gradient(rows)

@@ -13,7 +13,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from mflow.cli import main
+from mflow.cli.train import main
 from mflow.geometry import curvature, volume
 from mflow.geometry.hypersurface import manifold
 from mflow.geometry.points import sample

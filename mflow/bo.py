@@ -6,7 +6,7 @@
 
 Each trial draws a FRESH point sample (seed = base_seed + trial: with one fixed data set the optimiser
 tunes to the data, as the paper observes), flows ``steps`` frozen-kernel steps on the train split
-(mflow.kernel_flow.KernelFlow, no Lightning) and scores log10 of the validation sigma gain
+(mflow.flows.kernel.FrozenKernelFlow, no Lightning) and scores log10 of the validation sigma gain
 sigma(g_FS) / sigma(g). Parameters are searched on a log10 scale (bayesian-optimization 3.x, ask/tell:
 ``suggest()`` / ``register()``); the first ``init_points`` trials are random. A trial whose flow fails
 (non-positive-definite metric, non-finite loss) scores ``FAILED_TARGET``.
@@ -15,6 +15,11 @@ After every trial the whole state (search settings, trials, optimiser state with
 written atomically (mflow.io.write_json), so a killed search resumes where it stopped and, with the same
 settings, proposes the same points as an uninterrupted one. The best parameters so far are written as a
 conf/ YAML that ``python train.py --config`` runs.
+
+The defaults (points, step size and its decay, reduction, normalisation, steps) are those of the shipped
+configs conf/kernel_<kernel>.yaml (mflow's ambient variant; a test checks that they agree), so a best gain
+found here is what ``python train.py --config`` of the written YAML gives. The Gaussian kernel's sigma is
+searched as an INVERSE width (``inverse: true``), as conf/kernel_gaussian.yaml reads Table 1's sigma = 30.
 """
 from __future__ import annotations
 
@@ -33,12 +38,20 @@ FAILED_TARGET = -3.0  # log10 gain given to a trial whose flow broke down (a 100
 
 # searched parameters per kernel: name -> (low, high), searched as log10; "lr" is the step size
 DEFAULT_BOUNDS = {
-    "gaussian": {"sigma": (1e-3, 1e2), "lr": (1e-3, 1.0)},
+    "gaussian": {"sigma": (0.3, 300.0), "lr": (1e-3, 1.0)},
     "relu": {"sigma_w": (0.1, 20.0), "sigma_b": (1e-2, 100.0), "lr": (1e-3, 1.0)},
     "cosine": {"sigma_w": (0.1, 100.0), "lr": (1e-3, 1.0)},
     "delta": {"lr": (1e-3, 1.0)},
 }
-DEFAULT_FIXED = {"relu": {"depth": 1}, "cosine": {"d": 10}}
+DEFAULT_FIXED = {"relu": {"depth": 1}, "cosine": {"d": 10}, "gaussian": {"inverse": True}}
+# the flow settings of conf/kernel_<kernel>.yaml (steps = max_epochs x steps_per_batch); cosine has no shipped config
+SHIPPED = {
+    "gaussian": {"n_points": 5000, "lr": 0.1583, "lr_step_decay": 0.99, "reduction": "sum", "normalize": True, "steps": 2000},
+    "relu": {"n_points": 5000, "lr": 0.1, "lr_step_decay": 0.99, "reduction": "sum", "normalize": True, "steps": 2000},
+    "delta": {"n_points": 2000, "lr": 0.3162, "lr_step_decay": 0.99, "reduction": "sum", "normalize": False, "steps": 2000},
+    "cosine": {"n_points": 5000, "lr": 0.1, "lr_step_decay": 0.99, "reduction": "sum", "normalize": True, "steps": 2000},
+}
+STEPS_PER_BATCH = 10  # as in the shipped configs: a trial's steps are max_epochs x this
 
 
 def _parse_pairs(items: list[str], what: str, ranged: bool) -> dict:
@@ -75,11 +88,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--param", action="append", metavar="NAME=LO:HI",
                    help="search NAME (a kernel parameter or lr) log-uniformly in [LO, HI]; replaces the kernel's defaults")
     p.add_argument("--fix", action="append", metavar="NAME=VALUE", help="fixed kernel parameter, e.g. depth=1")
-    p.add_argument("--lr", type=float, default=0.1, help="step size when lr is not searched")
+    p.add_argument("--lr", type=float, default=None, help="step size when lr is not searched (default: the shipped config's)")
     p.add_argument("--trials", type=int, default=20, help="total number of trials (including resumed ones)")
     p.add_argument("--init-points", type=int, default=5, help="random trials before the GP proposes points")
-    p.add_argument("--steps", type=int, default=100, help="flow steps per trial (per cluster)")
-    p.add_argument("--n-points", type=int, default=2000, help="points sampled per trial (before the split)")
+    p.add_argument("--steps", type=int, default=None, help="flow steps per trial, per cluster (default: the shipped config's, 2000)")
+    p.add_argument("--n-points", type=int, default=None, help="points sampled per trial, before the split (default: the shipped config's)")
     p.add_argument("--val-fraction", type=float, default=0.25)
     p.add_argument("--test-fraction", type=float, default=0.25)
     p.add_argument("--n-clusters", type=int, default=1)
@@ -89,11 +102,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ambient-n", type=int, default=4)
     p.add_argument("--surface-seed", type=int, default=0)
     p.add_argument("--loss", default="sigma")
-    p.add_argument("--reduction", default="sum", choices=("mean", "sum"))
+    p.add_argument("--reduction", default=None, choices=("mean", "sum"))
     p.add_argument("--chart-mode", default="ambient", choices=("ambient", "transform", "reject"))
     p.add_argument("--pd-policy", default="backtrack", choices=("backtrack", "clip", "stop"))
-    p.add_argument("--lr-step-decay", type=float, default=1.0)
-    p.add_argument("--normalize", action="store_true", help="rescaled kernel h(x) h(x') k (KernelFlow normalize)")
+    p.add_argument("--lr-step-decay", type=float, default=None)
+    p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
+                   help="rescaled kernel h(x) h(x') k (KernelFlow normalize)")
     p.add_argument("--base-seed", type=int, default=0, help="trial t samples its points with seed base_seed + t")
     p.add_argument("--bo-seed", type=int, default=0, help="random state of the optimiser")
     p.add_argument("--cache-dir", default=None, help="cache the sampled point sets here (default: in memory only)")
@@ -108,6 +122,9 @@ def settings_from_args(a: argparse.Namespace) -> dict:
     clash = set(bounds) & set(fixed)
     if clash:
         raise SystemExit(f"parameters both searched and fixed: {sorted(clash)}")
+    for k, v in SHIPPED[a.kernel].items():
+        if getattr(a, k) is None:
+            setattr(a, k, v)
     s = {
         "kernel": a.kernel, "bounds": {k: list(v) for k, v in bounds.items()}, "fixed": fixed, "manifold": a.manifold,
         "psi": a.psi, "ambient_n": a.ambient_n, "surface_seed": a.surface_seed, "n_points": a.n_points,
@@ -134,7 +151,7 @@ def kernel_params_of(settings: dict, params: dict) -> tuple[dict, float]:
         if k == "lr":
             lr = float(v)
         else:
-            kp[k] = float(v)
+            kp[k] = int(round(v)) if k in ("depth", "d") else float(v)
     return kp, lr
 
 
@@ -143,31 +160,34 @@ def evaluate(settings: dict, params: dict, seed: int, cache_dir: str | None = No
     import torch
 
     from .data.clustered import ClusteredDataModule
+    from .flows.kernel import FrozenKernelFlow
     from .geometry import volume
-    from .kernel_flow import KernelFlow
+    from .kernels.registry import kernel
 
     dm = ClusteredDataModule(
         manifold=settings["manifold"], psi=settings["psi"], ambient_n=settings["ambient_n"],
         surface_seed=settings["surface_seed"], n_points=settings["n_points"], seed=seed,
-        val_fraction=settings["val_fraction"], test_fraction=settings["test_fraction"], cache_dir=cache_dir,
+        val_fraction=settings["val_fraction"], test_fraction=settings["test_fraction"], cache=cache_dir is not None,
+        cache_dir=cache_dir,
         n_clusters=settings["n_clusters"], cluster_batch_size=settings["cluster_batch_size"],
     )
     dm.setup()
     kp, lr = kernel_params_of(settings, params)
-    model = KernelFlow(
-        manifold=settings["manifold"], psi=settings["psi"], ambient_n=settings["ambient_n"],
-        surface_seed=settings["surface_seed"], kernel=settings["kernel"], kernel_params=kp, lr=lr,
-        lr_step_decay=settings["lr_step_decay"], loss=settings["loss"], reduction=settings["reduction"],
-        chart_mode=settings["chart_mode"], pd_policy=settings["pd_policy"], normalize=settings["normalize"],
-    ).attach(dm.train, dm.kappa_fs, dm.cluster_labels)
-    s_val0 = float(volume.sigma(dm.val.weights, volume.real_det(dm.val.g_fs), dm.val.omega_sq))
-    s_tr0 = float(model.train_sigma())
+    flow = FrozenKernelFlow(  # bad settings raise here: they are not a failed trial
+        dm.surface, kernel(settings["kernel"], dm.surface, **kp), lr=lr, lr_step_decay=settings["lr_step_decay"],
+        loss=settings["loss"], reduction=settings["reduction"], chart_mode=settings["chart_mode"],
+        pd_policy=settings["pd_policy"], normalize=settings["normalize"],
+    )
     out = {"val_gain": None, "train_gain": None, "error": None}
     try:
+        flow.attach(dm.train, dm.kappa_fs, dm.cluster_labels)
+        s_val0 = float(volume.sigma(dm.val.weights, volume.real_det(dm.val.g_fs), dm.val.omega_sq))
+        s_tr0 = float(flow.train_sigma())
         for _ in range(settings["steps"]):
-            model.flow_step()
-        out["train_gain"] = s_tr0 / float(model.train_sigma())
-        out["val_gain"] = s_val0 / float(model.sigma_on(dm.val))
+            flow.flow_step()
+        out["train_gain"] = s_tr0 / float(flow.train_sigma())
+        g_val = flow.predict_metric(dm.val)
+        out["val_gain"] = s_val0 / float(volume.sigma(dm.val.weights, volume.real_det(g_val), dm.val.omega_sq))
         if not math.isfinite(out["val_gain"]) or out["val_gain"] <= 0:
             raise FloatingPointError(f"validation gain {out['val_gain']}")
         out["target"] = math.log10(out["val_gain"])
@@ -217,13 +237,15 @@ def config_yaml(settings: dict, trial: dict) -> str:
 
     kp, lr = kernel_params_of(settings, trial["params"])
     steps = settings["steps"]
+    per_batch = STEPS_PER_BATCH if steps % STEPS_PER_BATCH == 0 else 1
+    epochs = steps // per_batch
     cfg = {
-        "trainer": {"max_epochs": steps, "accelerator": "cpu", "devices": 1, "callbacks": [],
-                    "check_val_every_n_epoch": max(1, steps // 10), "log_every_n_steps": 1},
-        "model": {"class_path": "mflow.kernel_flow.KernelFlow", "init_args": {
+        "trainer": {"max_epochs": epochs, "accelerator": "cpu", "devices": 1, "callbacks": [],
+                    "check_val_every_n_epoch": max(1, epochs // 10), "log_every_n_steps": 1},
+        "model": {"class_path": "mflow.flows.KernelFlow", "init_args": {
             "kernel": settings["kernel"], "kernel_params": kp, "lr": lr, "lr_step_decay": settings["lr_step_decay"],
             "loss": settings["loss"], "reduction": settings["reduction"], "chart_mode": settings["chart_mode"],
-            "pd_policy": settings["pd_policy"], "normalize": settings["normalize"]}},
+            "pd_policy": settings["pd_policy"], "normalize": settings["normalize"], "steps_per_batch": per_batch}},
         "data": {"class_path": "mflow.data.clustered.ClusteredDataModule", "init_args": {
             "manifold": settings["manifold"], "psi": settings["psi"], "ambient_n": settings["ambient_n"],
             "surface_seed": settings["surface_seed"], "n_points": settings["n_points"],

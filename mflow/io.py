@@ -1,13 +1,18 @@
-"""Atomic file writes: a killed process never leaves a half-written file at the target path."""
+"""Atomic file writes: a killed process never leaves a half-written file at the target path.
+
+Every file mflow writes (point sets, checkpoints, JSON, PNG) goes through :func:`atomic_write`: a temporary
+``.<name>.<random>.tmp`` beside the target, fsync, rename. A process killed mid-write leaves at most that
+temporary behind; :func:`remove_stale_temporaries` deletes such leftovers when the next run starts there.
+"""
 from __future__ import annotations
 
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-from lightning.pytorch.plugins.io import TorchCheckpointIO
+TMP_SUFFIX = ".tmp"
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
@@ -17,7 +22,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -42,6 +47,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
 
 
 def write_json(path, data: dict) -> Path:
+    """JSON (indented; non-JSON numbers as floats), atomically."""
+
     def w(tmp):
         with open(tmp, "w") as f:
             json.dump(data, f, indent=2, default=float)
@@ -49,8 +56,31 @@ def write_json(path, data: dict) -> Path:
     return atomic_write(path, w)
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoints written to a temporary file and renamed into place."""
+def pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend (no display needed)."""
+    import matplotlib
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        atomic_write(path, lambda tmp: super(AtomicCheckpointIO, self).save_checkpoint(checkpoint, tmp, storage_options))
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write_png(path, fig, dpi: int = 120) -> Path:
+    """A matplotlib figure as PNG, atomically; the figure is closed afterwards."""
+    plt = pyplot()
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
+    finally:
+        plt.close(fig)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries a killed :func:`atomic_write` left in folder (not recursive); returns them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.glob(f".*{TMP_SUFFIX}") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale

@@ -9,7 +9,7 @@ import torch
 
 from mflow.geometry.hypersurface import manifold
 from mflow.geometry.points import sample
-from mflow.kernels.clustering import LINKAGES, MERGES, cluster_figure
+from mflow.data.clustering import LINKAGES, MERGES, cluster_figure
 
 
 def main(argv=None):

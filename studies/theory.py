@@ -31,9 +31,10 @@ from mflow.geometry import perelman as P  # noqa: E402
 from mflow.geometry.hypersurface import manifold  # noqa: E402
 from mflow.geometry.points import sample  # noqa: E402
 from mflow.io import atomic_write, write_json  # noqa: E402
-from mflow.kernels.analytic import CosineNet, CosineNTK  # noqa: E402
+from mflow.kernels.analytic import CosineNTK
+from mflow.models.cosine import CosineNet  # noqa: E402
 from mflow.models.metric import MetricModel  # noqa: E402
-from mflow.ntk_callbacks import analytic_relu_network_kernel, network_kernel, relative_change  # noqa: E402
+from mflow.ntk.drift import analytic_relu_network_kernel, network_kernel, relative_change  # noqa: E402
 from studies.width import power_fit  # noqa: E402
 
 
@@ -54,7 +55,7 @@ def cosine_net_convergence(widths, seeds=4, d=2, sigma_w=1.5, n=16) -> dict:
 
 def relu_metric_ntk_convergence(widths, seeds=3, n=24) -> dict:
     """(b) the empirical network kernel of a ReLU MetricModel (NTK parametrisation) at initialisation against
-    out_scale^2 K_ReLU delta (mflow.ntk_callbacks.analytic_relu_network_kernel), mean over initialisations."""
+    out_scale^2 K_ReLU delta (mflow.ntk.drift.analytic_relu_network_kernel), mean over initialisations."""
     X = manifold("fermat_quintic")
     pts = sample(X, n, seed=11)
     errors = []

@@ -39,10 +39,10 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mflow.cli import main as train  # noqa: E402
+from mflow.cli.train import main as train  # noqa: E402
 from mflow.evaluation import fit_power_law  # noqa: E402
 from mflow.io import atomic_write, write_json  # noqa: E402
-from mflow.ntk_callbacks import NTKDrift  # noqa: E402
+from mflow.callbacks import NTKDrift  # noqa: E402
 
 REQUIRED = ("widths", "args", "arms")
 

@@ -1,9 +1,12 @@
 import os
+import tempfile
 
 import pytest
 import torch
 
 os.environ.setdefault("WANDB_MODE", "offline")
+# the test suite writes only to temporary folders: point caches too (mflow.data.datamodule.default_cache_dir)
+os.environ["MFLOW_CACHE_DIR"] = tempfile.mkdtemp(prefix="mflow-test-cache-")
 torch.set_num_threads(2)
 
 

@@ -5,9 +5,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mflow import bo
-from mflow.cli import main
+from mflow.cli.train import main
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--kernel", "gaussian", "--trials", "3", "--init-points", "2", "--steps", "3", "--n-points", "120",
@@ -40,13 +41,34 @@ def test_search_resume_and_best_config(tmp_path):
     # the best parameters as a config that train.py runs
     best = tmp_path / "killed" / "best.yaml"
     text = best.read_text()
-    assert "mflow.kernel_flow.KernelFlow" in text and "ClusteredDataModule" in text
+    assert "mflow.flows.KernelFlow" in text and "ClusteredDataModule" in text
     trainer = main(["--config", str(best), f"--run_dir={tmp_path / 'run'}", f"--data.cache_dir={tmp_path / 'data'}",
                     "--wandb=disabled", "--trainer.fast_dev_run=1"])
     assert trainer.state.finished
     module = trainer.lightning_module
     bt = resumed["best"]
-    assert module.kernel_params["sigma"] == pytest.approx(bt["params"]["sigma"]) and module.lr == pytest.approx(bt["params"]["lr"])
+    assert module.kernel_params["sigma"] == pytest.approx(bt["params"]["sigma"]) and module.flow.lr == pytest.approx(bt["params"]["lr"])
+
+
+@pytest.mark.parametrize("kernel", ["gaussian", "relu", "delta"])
+def test_defaults_are_the_shipped_configs(kernel):
+    """What a BO trial flows by default is what `python train.py --config conf/kernel_<kernel>.yaml` flows."""
+    cfg = yaml.safe_load((ROOT / "conf" / f"kernel_{kernel}.yaml").read_text())
+    model, data = cfg["model"]["init_args"], cfg["data"]["init_args"]
+    settings = bo.settings_from_args(bo.parser().parse_args(["--state", "s.json", "--kernel", kernel]))
+    assert settings["steps"] == cfg["trainer"]["max_epochs"] * model["steps_per_batch"]
+    assert settings["n_points"] == data["n_points"] and settings["n_clusters"] == data["n_clusters"]
+    assert (settings["val_fraction"], settings["test_fraction"]) == (data["val_fraction"], data["test_fraction"])
+    for k in ("lr", "lr_step_decay", "reduction", "chart_mode", "pd_policy", "loss"):
+        assert settings[k] == model[k], k
+    assert settings["normalize"] == model.get("normalize", False)
+    assert all(model["kernel_params"][k] == v for k, v in settings["fixed"].items())
+    searched = set(settings["bounds"]) - {"lr"}
+    assert searched <= set(model["kernel_params"]) | ({"sigma"} if kernel == "gaussian" else set())
+    lo, hi = settings["bounds"].get("lr", (0, 1e9))
+    assert lo <= model["lr"] <= hi  # the shipped point lies inside the search box
+    for k in searched:
+        assert settings["bounds"][k][0] <= model["kernel_params"][k] <= settings["bounds"][k][1], k
 
 
 def test_command_line_help_and_bad_arguments(tmp_path):

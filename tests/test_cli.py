@@ -1,5 +1,6 @@
 """train.py end to end: every conf/ YAML parses and runs a fast_dev_run step; overrides take effect."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -7,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mflow.cli import main
+from mflow.cli.errors import run
+from mflow.cli.train import main
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted(p for p in (ROOT / "conf").glob("*.yaml"))
@@ -47,25 +49,95 @@ def test_the_network_seed_and_the_data_seed_can_differ(tmp_path):
     assert not torch.equal(*w)
 
 
-def test_a_run_killed_mid_epoch_resumes_from_its_last_checkpoint(tmp_path):
-    # 480 train points / batch 64 = 8 steps per epoch; the "kill" comes after step 5, last.ckpt is from step 4
-    main(_args(tmp_path, "--trainer.max_steps=5", "--checkpoint_every_n_steps=2", "--test=false"))
-    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    ck = torch.load(last, weights_only=False)
-    assert ck["mflow"]["format"] == 1 and ck["global_step"] == 4
-    trainer = main(_args(tmp_path, "--trainer.max_epochs=2", f"--ckpt_path={last}", "--test=false"))
-    assert trainer.current_epoch == 2 and trainer.global_step >= 2 * 8 - 4
-
-
-def test_bad_configs_fail_early_with_clear_messages(tmp_path):
+def test_user_errors_are_one_line_naming_what_to_change(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  width: [oops\n")
-    with pytest.raises(SystemExit):
-        main(["--config", str(bad), *_args(tmp_path)])
-    with pytest.raises(ValueError, match="unknown head"):
-        main(_args(tmp_path, "--model.head=nonsense", "--trainer.fast_dev_run=1"))
-    with pytest.raises((ValueError, SystemExit)):
-        main(_args(tmp_path, "--data.manifold=octic", "--trainer.fast_dev_run=1"))
+    cases = [
+        (["--config", str(bad)], f"config file {bad} is not valid YAML at line 3"),
+        (["--model.head=nonsense", "--trainer.fast_dev_run=1"], "unknown head 'nonsense'; choose one of"),
+        (["--data.manifold=octic"], "unknown manifold 'octic'"),
+        (["--data.manifold=dwork", "--data.psi=1.0"], "singular at psi^5 = 1"),
+        (["--trainer.max_epochs=abc"], 'Parser key "trainer.max_epochs"'),
+        (["--nonsense=1"], "unrecognized arguments: --nonsense=1"),
+        (["--wandb=sometimes"], "--wandb must be one of"),
+        (["--trainer.default_root_dir=/tmp/elsewhere"], "differ: give one of them"),
+        (["--trainer.logger=lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir=x", "--wandb=online"],
+         "with --trainer.logger give your loggers there"),
+    ]
+    for extra, message in cases:
+        assert run(main, "train.py", _args(tmp_path, *extra)) == 2, extra
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1 and "Traceback" not in err, (extra, err)
+        assert err.startswith("train.py: error: ") and "MFLOW_TRACEBACK=1" in err
+
+
+def test_the_traceback_is_shown_on_request():
+    env = {**os.environ, "MFLOW_TRACEBACK": ""}
+    p = subprocess.run([sys.executable, str(ROOT / "train.py"), "--data.manifold=octic"], capture_output=True, text=True,
+                       cwd=ROOT, env=env)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "unknown manifold" in p.stderr
+    p = subprocess.run([sys.executable, str(ROOT / "train.py"), "--data.manifold=octic"], capture_output=True, text=True,
+                       cwd=ROOT, env={**env, "MFLOW_TRACEBACK": "1"})
+    assert p.returncode != 0 and "Traceback (most recent call last)" in p.stderr and "unknown manifold" in p.stderr
+
+
+def test_the_run_directory_the_user_names_is_used(tmp_path):
+    args = [a for a in _args(tmp_path, "--trainer.max_epochs=1", "--test=false") if not a.startswith("--run_dir")]
+    trainer = main([*args, f"--trainer.default_root_dir={tmp_path / 'root'}"])
+    assert Path(trainer.default_root_dir) == tmp_path / "root"
+    assert (tmp_path / "root" / "summary.json").exists() and (tmp_path / "root" / "config.yaml").exists()
+    assert not (tmp_path / "run").exists() and not (ROOT / "runs" / "never").exists()
+
+
+def test_a_users_loggers_and_checkpoints_are_kept(tmp_path):
+    trainer = main([a for a in _args(tmp_path, "--trainer.max_epochs=1", "--test=false") if a != "--wandb=disabled"] + [
+        "--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--trainer.logger.save_dir={tmp_path / 'mylogs'}",
+        "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+        f"--trainer.callbacks.dirpath={tmp_path / 'mine'}", "--trainer.callbacks.filename=user",
+    ])
+    assert [type(lg).__name__ for lg in trainer.loggers] == ["CSVLogger"]
+    assert (tmp_path / "mine" / "user.ckpt").exists()  # the user's checkpoint callback ran
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()  # and mflow's (resume) too
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["loggers"] == ["CSVLogger"]
+
+
+def test_wandb_online_that_cannot_start_stops_before_training(tmp_path, monkeypatch):
+    import wandb
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setattr(type(wandb.api), "api_key", property(lambda self: None))
+    with pytest.raises(ValueError, match="--wandb=online needs a W&B login"):
+        main([a for a in _args(tmp_path) if a != "--wandb=disabled"] + ["--wandb=online"])
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_what_ran_is_recorded_and_reported(tmp_path, capsys):
+    trainer = main(_args(tmp_path, "--trainer.max_epochs=1", "--optimizer=SGD", "--optimizer.lr=0.1"))
+    out = capsys.readouterr().out
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    (opt,) = s["optimizer"]["optimizers"]
+    assert opt["class"] == "SGD" and opt["lr"] == 0.1 and s["optimizer"]["lr_schedulers"] == []
+    assert type(trainer.optimizers[0]).__name__ == "SGD" and "--optimizer SGD replaces" in out
+    cfg = (tmp_path / "run" / "config.yaml").read_text()  # in the run directory, with CSV logging too
+    assert "class_path: torch.optim.SGD" in cfg and "lr: 0.1" in cfg and s["loggers"] == ["CSVLogger"]
+    assert out.count("[mflow] results in") == 1  # the summary is reported once
+    final = next(ln for ln in out.splitlines() if ln.startswith("[mflow] results in"))
+    csv_dir = final.rsplit("CSVLogger in ", 1)[1].strip()
+    assert (Path(csv_dir) / "metrics.csv").exists()
+    with pytest.raises(ValueError, match="frozen-kernel flow takes no --optimizer"):
+        main(["--config", str(ROOT / "conf" / "kernel_delta.yaml"), *_args(tmp_path, "--optimizer=SGD")])
+
+
+def test_a_run_outside_a_terminal_prints_lines_not_a_bar(tmp_path):
+    p = subprocess.run([sys.executable, str(ROOT / "train.py"), *_args(tmp_path, "--trainer.max_epochs=2")],
+                       capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONWARNINGS": ""})
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert sum(ln.startswith("[mflow] epoch ") for ln in lines) == 2 and "\r" not in p.stdout  # no progress bar
+    assert sum(ln.startswith("[mflow] results in") for ln in lines) == 1
+    noise = [ln for ln in p.stderr.splitlines() if ln.strip() and "smaller than the logging interval" not in ln]
+    assert not noise, noise  # no adverts, banners or deprecation warnings
+    assert {p.name for p in tmp_path.iterdir()} == {"run", "data"}  # files only where the run was told
 
 
 def test_nan_loss_stops_without_writing_a_checkpoint(tmp_path):

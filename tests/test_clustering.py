@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from mflow.geometry.points import sample
-from mflow.kernels.clustering import MERGES, agreement, batched_clustering, cluster_batch, cluster_figure
+from mflow.data.clustering import MERGES, agreement, batched_clustering, cluster_batch, cluster_figure
 
 
 @pytest.fixture(scope="module")

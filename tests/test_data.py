@@ -153,7 +153,7 @@ def test_manifold_mismatch(saved, tmp_path, quintic):
         load_pointset(saved, other)
     # points of another manifold filed under the quintic: the polynomial does not vanish there
     bad = save_pointset(tmp_path / "bad.npz", sample(other, 200, 0), quintic, seed=0)
-    with pytest.raises(PointSetError, match="do not lie on"):
+    with pytest.raises(PointSetError, match="are not on"):
         load_pointset(bad, quintic)
 
 
@@ -199,7 +199,7 @@ def test_load_cymetric_errors(tmp_path, quintic, pts):
     with pytest.raises(PointSetError, match="weights are not proportional"):
         load_cymetric(f, quintic)
     np.savez(f, **arrays)
-    with pytest.raises(PointSetError, match="do not lie on dwork"):
+    with pytest.raises(PointSetError, match="are not on dwork"):
         load_cymetric(f, manifold("dwork", psi=0.5))
     with pytest.raises(PointSetError, match=r"P\^3, which needs \[N, 8\]"):
         load_cymetric(f, manifold("fermat_quartic"))

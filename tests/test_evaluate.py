@@ -1,4 +1,4 @@
-"""evaluate.py (mflow.evaluation) and the noised test points (mflow.noise), on tiny checkpoints."""
+"""evaluate.py (mflow.evaluation) and the noised test points (mflow.evaluation.noise), on tiny checkpoints."""
 import json
 import math
 from pathlib import Path
@@ -7,13 +7,24 @@ import numpy as np
 import pytest
 import torch
 
-from mflow import evaluation, noise
-from mflow.cli import main as train_main
+from mflow import evaluation
+from mflow.evaluation import cli as evaluate_cli
+from mflow.evaluation import noise
+from mflow.evaluation.report import DEFAULT_SEED
+from mflow.cli.errors import run
+from mflow.cli.train import main as train_main
 from mflow.data.pointset import save_pointset
+from mflow.flows.checkpoint import seal
+from mflow.flows.network import NetworkFlow
 from mflow.geometry import volume
-from mflow.geometry.distance import fs_distance, nearest_neighbours
+from mflow.geometry.distance import NearestIndex, fs_distance, fs_distance_matrix
 from mflow.geometry.hypersurface import manifold
 from mflow.geometry.points import sample
+
+def evaluate_py(args):
+    """python evaluate.py ARGS, in-process: the exit status."""
+    return run(evaluate_cli.main, "evaluate.py", args)
+
 
 SMALL = ["--n-test", "300", "--n-noise", "120", "--n-distance", "300", "--ricci-points", "20", "--quiet",
          "--noise-levels", "1e-6", "1e-4", "1e-2", "--distances", "0.003", "0.03", "0.2", "--device", "cpu"]
@@ -38,7 +49,7 @@ def _files(root: Path) -> set:
 # ----------------------------------------------------------------------------- the whole command
 def test_eval_json_has_train_test_noised_sections_and_gains(tiny_ckpt, tmp_path):
     out = tmp_path / "ev"
-    assert evaluation.main(["--ckpt", str(tiny_ckpt), "--out", str(out), *SMALL]) == 0
+    assert evaluate_py(["--ckpt", str(tiny_ckpt), "--out", str(out), *SMALL]) == 0
     rep = json.loads((out / "eval.json").read_text())
     assert (out / "gain_vs_distance.png").stat().st_size > 1000
     (r,) = rep["checkpoints"]
@@ -46,7 +57,7 @@ def test_eval_json_has_train_test_noised_sections_and_gains(tiny_ckpt, tmp_path)
     for s in ("train", "test"):
         assert r[s]["gain"] == pytest.approx(r[s]["sigma_fs"] / r[s]["sigma"])
         assert r[s]["ricci"]["model"] > 0 and r[s]["ricci"]["fs"] > 0
-    assert r["train"]["n"] == 480 and r["test"]["n"] == 300 and r["test"]["seed"] == evaluation.DEFAULT_SEED
+    assert r["train"]["n"] == 480 and r["test"]["n"] == 300 and r["test"]["seed"] == DEFAULT_SEED
     # one epoch on 480 points barely moves the metric from its initial value (near g_FS)
     assert 0.37 < r["test"]["sigma_fs"] < 0.4 and r["train"]["sigma"] == pytest.approx(r["train"]["sigma_fs"], rel=0.15)
     gauss, onx = r["noised"]["gaussian"], r["noised"]["manifold"]
@@ -65,7 +76,7 @@ def test_eval_json_has_train_test_noised_sections_and_gains(tiny_ckpt, tmp_path)
 
 def test_default_output_goes_next_to_the_checkpoint_and_target_gain_prints_n(tiny_ckpt, capsys):
     args = ["--ckpt", str(tiny_ckpt), *[a for a in SMALL if a != "--quiet"], "--mode", "gaussian", "--target-gain", "1.0", "--fit", "0.968", "-0.184"]
-    assert evaluation.main(args) == 0
+    assert evaluate_py(args) == 0
     rep = json.loads((tiny_ckpt.parent / "eval" / "eval.json").read_text())
     (need,) = rep["points_needed"]
     assert need["curve"] == "gaussian" and need["fit"] == {"a": 0.968, "b": -0.184}
@@ -82,12 +93,21 @@ def _variants(ckpt: Path, d: Path) -> dict:
     foreign = {k: v for k, v in ck.items() if k != "mflow"}
     torch.save(foreign, d / "foreign.ckpt")
     out["foreign"] = (d / "foreign.ckpt", "not an mflow checkpoint")
-    newer = {**ck, "mflow": {**ck["mflow"], "format": 2}}
+    newer = seal({**ck, "mflow": {**ck["mflow"], "format": 3}})
     torch.save(newer, d / "newer.ckpt")
-    out["newer"] = (d / "newer.ckpt", "format 2")
-    wrong = {**ck, "hyper_parameters": {**ck["hyper_parameters"], "manifold": "fermat_quartic"}}
+    out["newer"] = (d / "newer.ckpt", "format 3")
+    wrong = seal({**ck, "hyper_parameters": {**ck["hyper_parameters"], "manifold": "fermat_quartic"}})
     torch.save(wrong, d / "wrong_manifold.ckpt")
     out["wrong_manifold"] = (d / "wrong_manifold.ckpt", "manifold")
+    tampered = torch.load(ckpt, weights_only=False)
+    w = tampered["state_dict"]["model.net.net.0.weight"]
+    w[0, 0] = torch.nextafter(w[0, 0], torch.tensor(math.inf, dtype=w.dtype))  # one weight off by one ulp
+    torch.save(tampered, d / "tampered.ckpt")
+    out["tampered"] = (d / "tampered.ckpt", "does not match its checksum")
+    diverged = torch.load(ckpt, weights_only=False)
+    diverged["state_dict"]["model.net.net.0.weight"][0, 0] = math.inf
+    torch.save(seal(diverged), d / "diverged.ckpt")
+    out["diverged"] = (d / "diverged.ckpt", "non-finite value in model.net.net.0.weight")
     return out
 
 
@@ -100,20 +120,28 @@ def test_bad_checkpoints_give_clear_errors_and_write_nothing(tiny_ckpt, tmp_path
         with pytest.raises(evaluation.EvaluationError, match=message):
             evaluation.evaluate([path], tmp_path / "out", n_test=50, n_noise=10, quiet=True)
         # the command: exit status 2, the message on stderr; a good checkpoint beside a bad one changes nothing
-        assert evaluation.main(["--ckpt", str(tiny_ckpt), str(path), "--out", str(tmp_path / "out"), *SMALL]) == 2
+        assert evaluate_py(["--ckpt", str(tiny_ckpt), str(path), "--out", str(tmp_path / "out"), *SMALL]) == 2
         assert message in capsys.readouterr().err
-    assert evaluation.main(["--ckpt", str(cases["foreign"][0]), *SMALL]) == 2  # default out dir: not created
+    assert evaluate_py(["--ckpt", str(cases["foreign"][0]), *SMALL]) == 2  # default out dir: not created
     assert not (tmp_path / "out").exists() and not (bad_dir / "eval").exists()
     assert _files(tmp_path) | _files(tiny_ckpt.parent.parent) == before
 
 
-def test_a_checkpoint_written_before_init_seed_still_loads(tiny_ckpt, tmp_path):
+def test_a_checkpoint_of_the_old_layout_still_loads(tiny_ckpt, tmp_path):
+    """Format 1 (no checksum), the old class path, NetworkFlow's seed before it became init_seed: migrated in one
+    place (mflow.flows.checkpoint), which evaluate.py and NetworkFlow.load_from_checkpoint both go through."""
     ck = torch.load(tiny_ckpt, weights_only=False)
     hp = {k: v for k, v in ck["hyper_parameters"].items() if k != "init_seed"}
+    hp["_class_path"] = "mflow.modules.NetworkFlow"
+    meta = {k: v for k, v in ck["mflow"].items() if k != "checksum"}
     old = tmp_path / "old.ckpt"
-    torch.save({**ck, "hyper_parameters": {**hp, "seed": 0}}, old)
-    loaded = evaluation.load_checkpoint(old)
-    assert loaded.module.hparams.init_seed == 0
+    torch.save({**ck, "hyper_parameters": {**hp, "seed": 0}, "mflow": {**meta, "format": 1}}, old)
+    with pytest.warns(UserWarning, match="before mflow checkpoints carried checksums"):
+        loaded = evaluation.load_checkpoint(old)
+    assert loaded.module.hparams.init_seed == 0 and loaded.class_path == "mflow.flows.network.NetworkFlow"
+    with pytest.warns(UserWarning, match="checksums"):
+        direct = NetworkFlow.load_from_checkpoint(old)
+    assert direct.hparams.init_seed == 0
     state = loaded.module.state_dict()
     assert all(torch.equal(v.cpu(), state[k]) for k, v in ck["state_dict"].items())
 
@@ -137,18 +165,19 @@ def test_test_points_of_another_manifold_are_refused(tiny_ckpt, tmp_path):
 
 # ----------------------------------------------------------------------------- kernel flows (common interface)
 def test_a_kernel_flow_checkpoint_is_evaluated_from_its_own_train_points(tmp_path):
-    from mflow.kernel_flow import KernelFlow
+    from mflow.flows import KernelFlow
 
     torch.set_num_threads(1)
     s = manifold("fermat_quintic")
     train = sample(s, 200, 3)
     kappa = float(volume.kappa(train.weights, volume.real_det(train.g_fs), train.omega_sq))
-    flow = KernelFlow(kernel="delta", lr=0.03, reduction="sum").attach(train, kappa)
+    module = KernelFlow(kernel="delta", lr=0.03, reduction="sum")
+    flow = module.flow.attach(train, kappa)
     for _ in range(8):
         flow.flow_step()
-    ck = {"state_dict": flow.state_dict(), "hyper_parameters": dict(flow.hparams), "epoch": 0, "global_step": 5}
-    flow.on_save_checkpoint(ck)
-    torch.save(ck, tmp_path / "kernel.ckpt")
+    ck = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "epoch": 0, "global_step": 5}
+    module.on_save_checkpoint(ck)
+    torch.save(seal(ck), tmp_path / "kernel.ckpt")
     rep, out = evaluation.evaluate([tmp_path / "kernel.ckpt"], tmp_path / "ev", n_test=200, n_noise=60,
                                    variances=(1e-8, 1e-2), distances=(0.01,), ricci_points=20, quiet=True)
     (r,) = rep["checkpoints"]
@@ -195,20 +224,20 @@ def test_gaussian_noise_grows_with_variance_and_vanishes_at_zero():
     assert dists[1] == pytest.approx(1.6 * 1e-3, rel=0.3)  # about 1.6 sqrt(v) on the quintic
 
 
-def test_train_index_is_exact():
+def test_nearest_index_is_exact_against_all_pairs():
+    """The k-d tree (with and without the distance bound noised points give) against brute force over all pairs."""
     torch.set_num_threads(1)
     s = manifold("fermat_quintic")
     train, test = sample(s, 800, 4), sample(s, 200, 5)
-    idx = evaluation.TrainIndex(train.z)
-    d, i = idx.query(test.z)
-    d0, i0 = nearest_neighbours(test.z, train.z)
-    assert torch.equal(i, i0) and torch.allclose(d, d0, rtol=1e-12, atol=0)
+    idx = NearestIndex(train.z)
     near = noise.gaussian_noised(s, train[:200], 1e-6, torch.Generator().manual_seed(0))
-    d, i = idx.query(near.points.z, upper=near.offset)
-    d0, i0 = nearest_neighbours(near.points.z, train.z)
-    assert torch.equal(i, i0) and torch.allclose(d, d0, rtol=1e-12, atol=0)
-    self_d = idx.self_query()
-    assert torch.allclose(self_d, nearest_neighbours(train.z)[0], rtol=1e-12, atol=0)
+    for q, upper in ((test.z, None), (near.points.z, near.offset)):
+        d, i = idx.query(q, upper=upper)
+        full = fs_distance_matrix(q, train.z)
+        assert torch.equal(i, full.argmin(1)) and torch.allclose(d, full.min(1).values, rtol=1e-9, atol=1e-15)
+    self_d, other = idx.self_query()
+    full = fs_distance_matrix(train.z) + torch.diag(torch.full((800,), 9.0, dtype=torch.float64))
+    assert torch.equal(other, full.argmin(1)) and torch.allclose(self_d, full.min(1).values, rtol=1e-9, atol=1e-15)
 
 
 # ----------------------------------------------------------------------------- distance scaling and extrapolation

@@ -239,7 +239,7 @@ def test_blocked_distances_and_nearest_neighbours():
     z = torch.randn(300, 5, dtype=torch.complex128, generator=g)
     full = distance.fs_distance(z[:, None], z[None])
     assert torch.allclose(distance.fs_distance_matrix(z, block=64), full)
-    d, idx = distance.nearest_neighbours(z, block=70)
+    d, idx = distance.nearest_neighbours(z)  # k-d tree on the embedding u u^H, against all pairs
     ref = full + torch.diag(torch.full((300,), 10.0, dtype=torch.float64))
     assert torch.equal(idx, ref.argmin(-1))
     assert torch.allclose(d, ref.min(-1).values)

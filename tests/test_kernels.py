@@ -5,19 +5,9 @@ import pytest
 import torch
 from torch.func import functional_call, jacrev, vmap
 
-from mflow.geometry.points import sample
-from mflow.kernels import (
-    CosineNet,
-    CosineNTK,
-    DeltaKernel,
-    EmpiricalNTK,
-    GaussianFS,
-    ReluNTK,
-    Scaled,
-    as_features,
-    kernel,
-    normalising_amplitude,
-)
+from mflow.geometry.points import as_features, sample
+from mflow.kernels import CosineNTK, DeltaKernel, EmpiricalNTK, GaussianFS, ReluNTK, Scaled, kernel
+from mflow.models.cosine import CosineNet, normalising_amplitude
 from mflow.models.mlp import MLP
 
 

@@ -7,7 +7,6 @@ from mflow import losses
 from mflow.geometry import curvature
 from mflow.geometry.points import sample
 from mflow.models.metric import HEADS, MetricModel, hermitian, invariant_features
-from mflow.modules import points_batch
 
 
 @pytest.fixture(scope="module")
@@ -68,14 +67,14 @@ def test_phifs_is_fs_plus_ddbar_phi_by_finite_differences(quintic, pts):
 
 
 def test_phifs_kaehler_loss_is_round_off_and_others_are_not(quintic, pts):
-    b = points_batch(pts[:32])
+    b = pts[:32].as_batch()
     k = torch.tensor(0.0176, dtype=torch.float64)
     assert float(losses.kaehler_loss(_model(quintic, "phifs", out_scale=1.0), b, k)) < 1e-20
     assert float(losses.kaehler_loss(_model(quintic, "addfs", out_scale=0.01), b, k)) > 1e-8
 
 
 def test_transition_loss_vanishes_for_fs_and_not_for_a_network(quintic, pts):
-    b = points_batch(pts)
+    b = pts.as_batch()
     k = torch.tensor(0.0176, dtype=torch.float64)
 
     class FS(torch.nn.Module):
@@ -89,7 +88,7 @@ def test_transition_loss_vanishes_for_fs_and_not_for_a_network(quintic, pts):
 
 
 def test_sigma_loss_is_zero_when_eta_is_one(quintic, pts):
-    b = points_batch(pts)
+    b = pts.as_batch()
     # g = (kappa |Omega|^2)^{1/3} * I has eta = 1 exactly
     k = torch.tensor(0.02, dtype=torch.float64)
     g = ((k * pts.omega_sq) ** (1 / 3))[:, None, None] * torch.eye(3, dtype=torch.complex128)
@@ -101,7 +100,7 @@ def test_sigma_loss_is_zero_when_eta_is_one(quintic, pts):
 @pytest.mark.parametrize("name", ["sigma", "ultra_local_square", "volume", "kaehler", "transition", "two_derivative"])
 def test_loss_gradients_match_finite_differences(quintic, pts, name):
     m = _model(quintic, "multfs", out_scale=0.5)
-    b = points_batch(pts[:16])
+    b = pts[:16].as_batch()
     k = torch.tensor(0.0176, dtype=torch.float64)
     p = m.net.net[0].weight
     loss, _ = losses.total_loss(m, b, k, {name: 1.0})
@@ -120,7 +119,7 @@ def test_loss_gradients_match_finite_differences(quintic, pts, name):
 
 def test_phifs_sigma_gradient_matches_finite_differences(quintic, pts):
     m = _model(quintic, "phifs", out_scale=0.5)
-    b = points_batch(pts[:8])
+    b = pts[:8].as_batch()
     k = torch.tensor(0.0176, dtype=torch.float64)
     p = m.net.net[2].weight
     (grad,) = torch.autograd.grad(losses.sigma_loss(m(b["z"], b["patch"], b["elim"]), b, k), p)

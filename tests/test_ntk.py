@@ -9,10 +9,10 @@ from torch.func import functional_call
 
 from mflow import ntk
 from mflow.geometry.points import features, sample
-from mflow.linearized import LinearizedModel
+from mflow.ntk.linearized import LinearizedModel
 from mflow.models.metric import HEADS, MetricModel, hermitian
 from mflow.models.mlp import MLP
-from mflow.ntk_callbacks import (
+from mflow.ntk.drift import (
     analytic_relu_network_kernel,
     cka,
     kernel_distance,
@@ -237,11 +237,11 @@ def test_sgd_step_of_the_linearized_model_is_the_frozen_ntk_flow(quintic, xa):
     """One SGD step of NetworkFlow(linearize=True, optimizer=sgd) is eq. 2.12 with the empirical NTK at
     initialisation: dr(x) = -lr sum_x' Theta_0(x, x') dL/dr(x') on the real components r of g."""
     from mflow import losses
-    from mflow.modules import NetworkFlow, points_batch
+    from mflow.flows.network import NetworkFlow
 
     flow = NetworkFlow(head="multfs", depth=2, width=6, out_scale=0.3, optimizer="sgd", lr=0.05, linearize=True,
                        loss_weights={"ultra_local_square": 1.0})
-    batch, kappa = points_batch(xa), torch.tensor(0.0176, dtype=torch.float64)
+    batch, kappa = xa.as_batch(), torch.tensor(0.0176, dtype=torch.float64)
     theta0 = ntk.metric_ntk(flow.model.base, xa, method="jacobian", params=flow.model.theta0())  # at theta_0
     r = ntk.real_components(flow.model(xa.z, xa.patch, xa.elim).detach()).requires_grad_(True)
     (dL_dr,) = torch.autograd.grad(losses.ultra_local_square(hermitian(r, 3), batch, kappa), r)
@@ -337,8 +337,8 @@ def _cli_args(tmp_path, *extra):
     cfg = tmp_path / "callbacks.yaml"
     cfg.write_text(
         "trainer:\n  callbacks:\n"
-        "    - class_path: mflow.ntk_callbacks.NTKDrift\n      init_args: {n_probe: 12, every_n_steps: 3}\n"
-        "    - class_path: mflow.ntk_callbacks.SigmaGain\n      init_args: {n_train: 100}\n"
+        "    - class_path: mflow.callbacks.NTKDrift\n      init_args: {n_probe: 12, every_n_steps: 3}\n"
+        "    - class_path: mflow.callbacks.SigmaGain\n      init_args: {n_train: 100}\n"
     )
     return [
         "--config", str(cfg), f"--run_dir={tmp_path / 'run'}", f"--data.cache_dir={tmp_path / 'data'}",
@@ -348,7 +348,7 @@ def _cli_args(tmp_path, *extra):
 
 
 def test_drift_and_gain_callbacks_log_write_and_survive_a_resume(tmp_path):
-    from mflow.cli import main
+    from mflow.cli.train import main
 
     run = tmp_path / "run"
     trainer = main(_cli_args(tmp_path, "--trainer.max_epochs=1"))
@@ -370,7 +370,7 @@ def test_drift_and_gain_callbacks_log_write_and_survive_a_resume(tmp_path):
     state = next(v for k, v in ckpt["callbacks"].items() if k.startswith("NTKDrift"))
     assert state["K0"].shape == (12, 12) and len(state["series"]) == len(steps)
 
-    main(_cli_args(tmp_path, "--trainer.max_epochs=2", f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}"))
+    main(["--trainer.max_epochs=2", f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}"])  # the run's own settings
     second = json.loads((run / "ntk_drift.json").read_text())
     assert second["K0_norm"] == first["K0_norm"]  # K_0 restored, not recomputed at the resumed weights
     assert second["series"][: len(steps)] == first["series"]
@@ -381,7 +381,7 @@ def test_drift_figure_is_logged_to_wandb_loggers(tmp_path):
     """At fit end the PNG goes to W&B as a wandb.Image when the logger is a WandbLogger (no run started here)."""
     from lightning.pytorch.loggers import WandbLogger
 
-    from mflow.ntk_callbacks import NTKDrift
+    from mflow.callbacks import NTKDrift
 
     logged = []
 

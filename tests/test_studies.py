@@ -67,7 +67,7 @@ def test_theory_report_quick(tmp_path):
 
 
 def test_width_study_records_a_failed_run_and_does_not_rerun_it(tmp_path, monkeypatch):
-    from mflow.modules import NotPositiveDefiniteError
+    from mflow.geometry.forms import NotPositiveDefiniteError
 
     def fail(args, callbacks=()):
         raise NotPositiveDefiniteError("the metric is not positive definite at 3 of 100 points (step 7)")

@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from mflow.callbacks import RunSummary
-from mflow.cli import main
+from mflow.cli.train import main
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEPS = sorted((ROOT / "conf" / "sweeps").glob("*.yaml"))

@@ -1,7 +1,8 @@
-"""Point sets on CY hypersurfaces: sampling, atomic .npz files (cymetric-compatible) and the Lightning DataModule.
+"""Point sets on CY hypersurfaces: sampling, atomic .npz files (cymetric-compatible), clustering, batch
+samplers and the Lightning DataModules.
 
-The DataModule names are imported lazily, so that the command line (``python -m mflow.data``) does not pay
-for importing Lightning.
+The DataModule names are imported lazily, so that the command line (``python -m mflow.data``) and the
+geometry-only users do not pay for importing Lightning.
 """
 from .pointset import (
     FORMAT_VERSION,
@@ -15,9 +16,13 @@ from .pointset import (
     sample_pointset,
     save_pointset,
 )
+from .samplers import ClusterBatchSampler, ResumableLoader, ShardedBatchSampler
 
 __all__ = [
     "CYDataModule",
+    "ClusterBatchSampler",
+    "ClusteredDataModule",
+    "ResumableLoader",
     "FORMAT_VERSION",
     "PointSet",
     "PointSetError",
@@ -32,12 +37,12 @@ __all__ = [
     "save_pointset",
 ]
 
-_LAZY = {"CYDataModule", "PointsDataset", "ShardedBatchSampler"}
+_LAZY = {"CYDataModule": "datamodule", "PointsDataset": "datamodule", "ClusteredDataModule": "clustered"}
 
 
 def __getattr__(name):
     if name in _LAZY:
-        from . import datamodule
+        import importlib
 
-        return getattr(datamodule, name)
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,62 +1,22 @@
 """CYDataModule whose training batches are clusters of nearby points (paper sec. 3.1), for kernel flows.
 
-setup() clusters the train split with mflow.kernels.clustering.batched_clustering (FS distance, eq. 3.2-3.3)
+setup() clusters the train split with mflow.data.clustering.batched_clustering (FS distance, eq. 3.2-3.3)
 and keeps the labels in ``cluster_labels``; the train loader yields one whole cluster per batch (in a
 seeded order per epoch). Validation and test batches are the usual ``batch_size`` slices.
 
-DDP: ClusterBatchSampler shares the clusters out (rank r takes every world_size-th cluster of the epoch's
-order) and pads the shorter ranks with EMPTY batches, never with repeated clusters, so that every cluster
-is flowed exactly once per epoch, as on one process.
+DDP: ClusterBatchSampler (mflow.data.samplers) shares the clusters out (rank r takes every world_size-th
+cluster of the epoch's order) and pads the shorter ranks with EMPTY batches, never with repeated clusters,
+so that every cluster is flowed exactly once per epoch, as on one process.
 """
 from __future__ import annotations
 
-import math
-
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
 
-from mflow.kernels.clustering import batched_clustering, check_labels, check_settings
+from mflow.geometry.points import check_points
 
-from .datamodule import CYDataModule, PointsDataset
-
-RESIDUAL_TOL = 1e-6
-
-
-class ClusterBatchSampler(DistributedSampler):
-    """Yields one cluster (a list of point indices, increasing) per batch; this rank's share of them.
-
-    shuffle: cluster order permuted by (seed, epoch). With world_size > 1 every rank yields
-    ceil(n_clusters / world_size) batches, the last ones possibly empty.
-    """
-
-    def __init__(self, labels: torch.Tensor, n_clusters: int, shuffle: bool = True, seed: int = 0,
-                 num_replicas: int = 1, rank: int = 0):
-        # Deliberately skips DistributedSampler.__init__ (it needs a dataset and may query torch.distributed).
-        order = torch.argsort(labels, stable=True)
-        counts = torch.bincount(labels, minlength=n_clusters).tolist()
-        self.clusters = list(torch.split(order, counts))
-        self.shuffle, self.seed, self.epoch = shuffle, seed, 0
-        self.num_replicas, self.rank = num_replicas, rank
-        self.drop_last = False
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def cluster_order(self) -> list[int]:
-        n = len(self.clusters)
-        if not self.shuffle:
-            return list(range(n))
-        g = torch.Generator().manual_seed(self.seed + 1_000_003 * self.epoch)
-        return torch.randperm(n, generator=g).tolist()
-
-    def __iter__(self):
-        mine = self.cluster_order()[self.rank :: self.num_replicas]
-        batches = [self.clusters[c] for c in mine]
-        empty = torch.zeros(0, dtype=torch.int64)
-        return iter(batches + [empty] * (len(self) - len(batches)))
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.clusters) / self.num_replicas)
+from .clustering import batched_clustering, check_labels, check_settings
+from .datamodule import CYDataModule
+from .samplers import ClusterBatchSampler, ResumableLoader
 
 
 class ClusteredDataModule(CYDataModule):
@@ -83,7 +43,8 @@ class ClusteredDataModule(CYDataModule):
         test_fraction: float = 0.1,
         batch_size: int = 4096,
         path: str | None = None,
-        cache_dir: str | None = "data",
+        cache: bool = True,
+        cache_dir: str | None = None,
         num_workers: int = 0,
         n_clusters: int = 1,
         cluster_batch_size: int = 10_000,
@@ -94,7 +55,7 @@ class ClusteredDataModule(CYDataModule):
         super().__init__(
             manifold=manifold, psi=psi, ambient_n=ambient_n, surface_seed=surface_seed, n_points=n_points, seed=seed,
             val_fraction=val_fraction, test_fraction=test_fraction, batch_size=batch_size, path=path,
-            cache_dir=cache_dir, num_workers=num_workers,
+            cache=cache, cache_dir=cache_dir, num_workers=num_workers,
         )
         check_settings(n_clusters, cluster_batch_size, merge, linkage, "cluster_batch_size")  # before any sampling
         self.n_clusters, self.cluster_batch_size = n_clusters, cluster_batch_size
@@ -113,33 +74,11 @@ class ClusteredDataModule(CYDataModule):
     def cluster_sizes(self) -> torch.Tensor:
         return torch.bincount(self.cluster_labels, minlength=self.n_clusters)
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> ResumableLoader:
         if self.train is None or self.cluster_labels is None:
             raise RuntimeError("call setup() before asking for dataloaders")
         world, rank = self._ranks()
-        sampler = ClusterBatchSampler(self.cluster_labels, self.n_clusters, True, self.seed, world, rank)
-        return DataLoader(PointsDataset(self.train), sampler=sampler, batch_size=None, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
-
-
-def check_points(points, surface, what: str = "points") -> None:
-    """Refuse NaN / inf and points that are not on ``surface`` (points of another manifold)."""
-    z = points.z
-    if z.ndim != 2 or z.shape[-1] != surface.n + 1:
-        raise ValueError(f"{what} have {z.shape[-1]} coordinates, but {surface.name} lives in P^{surface.n}: "
-                         "points of another manifold?")
-    for k in ("z", "g_fs", "weights", "omega_sq", "pullback"):
-        t = getattr(points, k)
-        t = torch.view_as_real(t) if t.is_complex() else t
-        if not torch.isfinite(t).all():
-            raise ValueError(f"{what} contain NaN or inf (in {k}): resample them or fix the input file")
-    if len(z):
-        res = surface.residual(z)
-        if float(res.max()) > RESIDUAL_TOL:
-            raise ValueError(
-                f"{int((res > RESIDUAL_TOL).sum())} of {len(z)} {what} are not on {surface.name} "
-                f"(relative |p(z)| up to {float(res.max()):.2e}): points of another manifold?"
-            )
+        return self.loader(self.train, ClusterBatchSampler(self.cluster_labels, self.n_clusters, True, self.seed, world, rank))
 
 
 def cluster_points(points, surface, n_clusters: int, cluster_batch_size: int, seed: int = 0,

@@ -12,17 +12,18 @@ may then differ by one batch, so reduce validation metrics at epoch end (weighte
 """
 from __future__ import annotations
 
-import math
+import os
 from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import Dataset
 
 from mflow.geometry.hypersurface import Hypersurface, NotCalabiYauError, PRESETS, surface_from_args
 from mflow.geometry.points import CYPoints
 from mflow.geometry.volume import kappa, real_det
 
+from .samplers import ResumableLoader, ShardedBatchSampler
 from .pointset import (
     DEFAULT_CHUNK,
     PointSetError,
@@ -34,11 +35,11 @@ from .pointset import (
 )
 
 MIN_POINTS = 10
-BATCH_KEYS = ("features", "z", "weights", "omega_sq", "pullback", "g_fs", "patch", "elim", "index")
 
 
 class PointsDataset(Dataset):
-    """A split as a map-style dataset whose items are whole batches: ``ds[indices] -> dict of [B, ...]``."""
+    """A split as a map-style dataset whose items are whole batches: ``ds[indices] -> dict of [B, ...]``
+    (CYPoints.as_batch, plus the network features and the rows ``index`` in the split)."""
 
     def __init__(self, points: CYPoints):
         self.points = points
@@ -49,58 +50,7 @@ class PointsDataset(Dataset):
 
     def __getitem__(self, indices) -> dict[str, torch.Tensor]:
         idx = torch.as_tensor(indices, dtype=torch.int64)
-        p = self.points
-        return {
-            "features": self.features[idx],
-            "z": p.z[idx],
-            "weights": p.weights[idx],
-            "omega_sq": p.omega_sq[idx],
-            "pullback": p.pullback[idx],
-            "g_fs": p.g_fs[idx],
-            "patch": p.patch[idx],
-            "elim": p.elim[idx],
-            "index": idx,
-        }
-
-
-class ShardedBatchSampler(DistributedSampler):
-    """Yields lists of indices (one per batch) for this rank's share of a dataset of size n.
-
-    shuffle=True: permutation seeded by (seed, epoch) (call set_epoch, as Lightning does), rank r takes
-    every world_size-th index, padded so all ranks get ceil(n / world_size) indices.
-    shuffle=False: contiguous shard [start_r, end_r), no padding (every index exactly once over ranks).
-    """
-
-    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0, num_replicas: int = 1, rank: int = 0):
-        # Deliberately skips DistributedSampler.__init__ (it needs a dataset and may query torch.distributed).
-        self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
-        self.num_replicas, self.rank, self.epoch = num_replicas, rank, 0
-        self.drop_last, self.dataset = False, None
-        self.num_samples = math.ceil(n / num_replicas) if shuffle else n * (rank + 1) // num_replicas - n * rank // num_replicas
-        self.total_size = self.num_samples * num_replicas if shuffle else n
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def indices(self) -> torch.Tensor:
-        """This rank's indices, in order."""
-        if not self.shuffle:
-            bounds = [self.n * r // self.num_replicas for r in range(self.num_replicas + 1)]
-            return torch.arange(bounds[self.rank], bounds[self.rank + 1])
-        g = torch.Generator().manual_seed(self.seed + 1_000_003 * self.epoch)
-        perm = torch.randperm(self.n, generator=g)
-        total = math.ceil(self.n / self.num_replicas) * self.num_replicas
-        if total > self.n:
-            perm = torch.cat([perm, perm[: total - self.n]])
-        return perm[self.rank :: self.num_replicas]
-
-    def __iter__(self):
-        idx = self.indices()
-        return iter([idx[i : i + self.batch_size] for i in range(0, len(idx), self.batch_size)])
-
-    def __len__(self) -> int:
-        """Number of batches on this rank."""
-        return math.ceil(self.num_samples / self.batch_size)
+        return {**self.points[idx].as_batch(), "features": self.features[idx], "index": idx}
 
 
 class CYDataModule(L.LightningDataModule):
@@ -118,8 +68,9 @@ class CYDataModule(L.LightningDataModule):
         batch_size: points per batch.
         path: load this file instead of sampling: an mflow point-set file or a cymetric dataset.npz
             (recognised by its keys; all its rows are pooled, then split here by seed).
-        cache_dir: sampled sets are cached here as point-set files named from the manifold fingerprint,
-            n_points and seed, and reused while valid; None samples in memory every time.
+        cache: keep sampled sets as point-set files (named from the manifold fingerprint, n_points and seed)
+            and reuse them while valid; False samples in memory every time.
+        cache_dir: where cached sets go; None: $MFLOW_CACHE_DIR if set, else ~/.cache/mflow/points.
         num_workers: DataLoader worker processes (0: load in the main process; batches are slices, so 0 is usually best).
     """
 
@@ -135,7 +86,8 @@ class CYDataModule(L.LightningDataModule):
         test_fraction: float = 0.1,
         batch_size: int = 4096,
         path: str | None = None,
-        cache_dir: str | None = "data",
+        cache: bool = True,
+        cache_dir: str | None = None,
         num_workers: int = 0,
     ):
         super().__init__()
@@ -165,7 +117,8 @@ class CYDataModule(L.LightningDataModule):
         self.manifold, self.n_points, self.seed = manifold, n_points, seed
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.batch_size, self.num_workers = batch_size, num_workers
-        self.path, self.cache_dir = path, cache_dir
+        self.path, self.cache = path, cache
+        self.cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir)
         self.train = self.val = self.test = None
         self.kappa_fs: float | None = None
         self.split_indices: dict[str, torch.Tensor] = {}
@@ -174,7 +127,7 @@ class CYDataModule(L.LightningDataModule):
     @property
     def cache_path(self) -> Path | None:
         """Where the sampled set is cached (None without cache_dir or when loading path)."""
-        if self.path is not None or self.cache_dir is None:
+        if self.path is not None or not self.cache:
             return None
         name = f"{self.surface.name}-{self.surface.fingerprint()}-n{self.n_points}-seed{self.seed}.npz"
         return Path(self.cache_dir) / name
@@ -192,6 +145,7 @@ class CYDataModule(L.LightningDataModule):
             save_pointset(
                 cp, self._sample(), self.surface, seed=self.seed, extra={"n_requested": self.n_points, "chunk_size": DEFAULT_CHUNK}
             )
+            print(f"[mflow] sampled {self.n_points} points, cached in {cp} (--data.cache=false samples in memory instead)")
 
     def _load_points(self) -> CYPoints:
         if self.path is not None:
@@ -247,27 +201,37 @@ class CYDataModule(L.LightningDataModule):
         t = getattr(self, "trainer", None)
         return (t.world_size, t.global_rank) if t is not None else (1, 0)
 
-    def _loader(self, points: CYPoints, shuffle: bool) -> DataLoader:
+    def _batches_done(self) -> int:
+        """Batches the training loop has finished in the current epoch (what a checkpoint must skip on resume)."""
+        t = getattr(self, "trainer", None)
+        return int(t.fit_loop.epoch_loop.batch_progress.current.processed) if t is not None else 0
+
+    def loader(self, points: CYPoints, sampler) -> ResumableLoader:
+        """The DataLoader of a split: whole batches sliced by ``sampler`` (an EpochBatchSampler)."""
         if points is None:
             raise RuntimeError("call setup() before asking for dataloaders")
+        return ResumableLoader(PointsDataset(points), sampler=sampler, batch_size=None, num_workers=self.num_workers,
+                               persistent_workers=self.num_workers > 0, batches_done=self._batches_done)
+
+    def _sharded(self, points: CYPoints, shuffle: bool) -> ResumableLoader:
         world, rank = self._ranks()
-        sampler = ShardedBatchSampler(len(points), self.batch_size, shuffle, self.seed, world, rank)
-        return DataLoader(
-            PointsDataset(points),
-            sampler=sampler,
-            batch_size=None,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        n = 0 if points is None else len(points)
+        return self.loader(points, ShardedBatchSampler(n, self.batch_size, shuffle, self.seed, world, rank))
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train, shuffle=True)
+    def train_dataloader(self) -> ResumableLoader:
+        return self._sharded(self.train, shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val, shuffle=False)
+    def val_dataloader(self) -> ResumableLoader:
+        return self._sharded(self.val, shuffle=False)
 
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test, shuffle=False)
+    def test_dataloader(self) -> ResumableLoader:
+        return self._sharded(self.test, shuffle=False)
+
+
+def default_cache_dir() -> Path:
+    """Where sampled point sets are cached by default: $MFLOW_CACHE_DIR, else ~/.cache/mflow/points."""
+    env = os.environ.get("MFLOW_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "mflow" / "points"
 
 
 def _split_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int, int]:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from mflow.geometry.hypersurface import CDTYPE, RDTYPE, Hypersurface
-from mflow.geometry.points import CYPoints, cy_points, sample
+from mflow.geometry.points import CYPoints, check_on_surface, cy_points, sample
 from mflow.io import atomic_write
 
 FORMAT = "mflow-pointset"
@@ -211,14 +211,10 @@ def _verified(path: Path) -> tuple[dict[str, np.ndarray], dict]:
 
 
 def _check_on_surface(z: torch.Tensor, surface: Hypersurface, tol: float, where: str) -> None:
-    res = surface.residual(z)
-    bad = ~(res <= tol)
-    if bad.any():
-        raise PointSetError(
-            f"{where}: {int(bad.sum())} of {len(z)} points do not lie on {surface.name} (fingerprint "
-            f"{surface.fingerprint()}): max relative |p(z)| = {float(res.max()):.3g} > {tol:g}; the points belong "
-            "to another manifold or were stored with too little precision"
-        )
+    try:
+        check_on_surface(z, surface, "points", tol)
+    except ValueError as e:
+        raise PointSetError(f"{where}: {e}") from None
 
 
 def _check_proportional(ours: torch.Tensor, theirs: torch.Tensor, what: str, rtol: float, where: str) -> float:

@@ -9,16 +9,20 @@ needed) and accurate to round-off relative to d everywhere else.
 """
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 
 
-def _unit(z: torch.Tensor) -> torch.Tensor:
+def unit(z: torch.Tensor) -> torch.Tensor:
+    """z / |z| (the representative on the unit sphere): [..., n+1] -> [..., n+1]."""
     return z / torch.linalg.vector_norm(z, dim=-1, keepdim=True)
 
 
 def fs_distance(z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """Pairwise-aligned FS distance d(z, w) in [0, pi/2]: [..., n+1] x [..., n+1] -> [...]."""
-    u, v = _unit(z), _unit(w)
+    u, v = unit(z), unit(w)
     inner = (u.conj() * v).sum(-1)
     phase = torch.where(inner.abs() > 0, inner / inner.abs(), torch.ones_like(inner))
     chord = torch.linalg.vector_norm(v - phase[..., None] * u, dim=-1)
@@ -42,7 +46,7 @@ def fs_distance_block(z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     arccos|<u, v>| from one matrix product where that is accurate (1 - |<u, v>| > 1e-3, relative
     error ~1e-12); the few closer pairs are recomputed with the exact chord form above.
     """
-    ov = overlap(_unit(z), _unit(w))
+    ov = overlap(unit(z), unit(w))
     d = torch.arccos(ov)
     i, j = torch.nonzero(ov > 1 - NEAR, as_tuple=True)
     if len(i):
@@ -56,27 +60,67 @@ def fs_distance_matrix(z: torch.Tensor, w: torch.Tensor | None = None, block: in
     return torch.cat([fs_distance_block(z[i : i + block], w) for i in range(0, len(z), block)])
 
 
-def nearest_neighbours(
-    z: torch.Tensor, w: torch.Tensor | None = None, block: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nearest point of w (or of z itself, excluding i) for each z_i: -> (distance [N], index [N]).
+def embed(z: torch.Tensor) -> np.ndarray:
+    """The point u u^H (u = z/|z|) of P^n as a real vector with its Frobenius norm: [N, n+1] -> [N, (n+1)^2].
 
-    d is increasing in |<u, v>|, so the neighbour is the argmax of |<u, v>| (one real matrix
-    product per block of rows, O(block * M) memory, block = 2^22 / M rows by default, i.e. about
-    100 MB of work space); its distance is then recomputed exactly.
+    |u u^H - v v^H|_F^2 = 2 sin^2 d_FS(u, v), increasing in the FS distance: Euclidean nearest
+    neighbours of the embedded points are FS-nearest neighbours.
     """
-    self_query = w is None
-    w = z if w is None else w
-    block = block or max(16, 2**22 // max(len(w), 1))
-    u, v = _unit(z), _unit(w)
-    idx = torch.empty(len(z), dtype=torch.int64, device=z.device)
-    for i in range(0, len(z), block):
-        ov = overlap(u[i : i + block], v)
-        if self_query:
-            rows = torch.arange(i, min(i + block, len(z)), device=z.device)
-            ov[rows - i, rows] = -1.0
-        idx[i : i + block] = ov.argmax(-1)
-    return fs_distance(z, w[idx]), idx
+    u = unit(z.to(torch.complex128)).cpu()
+    n1 = u.shape[-1]
+    P = u[:, :, None] * u.conj()[:, None, :]
+    iu = torch.triu_indices(n1, n1, 1)
+    off = P[:, iu[0], iu[1]] * math.sqrt(2.0)
+    return torch.cat([P.diagonal(dim1=1, dim2=2).real, off.real, off.imag], 1).numpy()
+
+
+class NearestIndex:
+    """Exact FS-nearest points of a fixed set (a k-d tree on :func:`embed`); distances recomputed with
+    :func:`fs_distance` (exact near 0). Queries on any device; the tree lives on the CPU."""
+
+    def __init__(self, z: torch.Tensor):
+        from scipy.spatial import cKDTree
+
+        if z.ndim != 2 or len(z) == 0:
+            raise ValueError(f"NearestIndex needs a non-empty [N, n+1] point set, got {tuple(z.shape)}")
+        self.z = z.to(torch.complex128)
+        self.tree = cKDTree(embed(self.z))
+
+    def query(self, q: torch.Tensor, upper: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(FS distance [N], index [N]) of each query point's nearest indexed point.
+
+        upper [N]: a known FS distance to some indexed point (e.g. the one a noised point came from); it bounds
+        the search (much faster for points near the set), and the answer is still exact.
+        """
+        E = embed(q)
+        if upper is None:
+            _, idx = self.tree.query(E, k=1)
+        else:
+            bound = (math.sqrt(2.0) * torch.sin(upper.cpu().clamp(max=math.pi / 2)) * (1 + 1e-9) + 1e-15).numpy()
+            idx = np.empty(len(E), dtype=np.int64)
+            order = np.argsort(bound)  # cKDTree takes one scalar bound: query in groups of similar bounds
+            for chunk in np.array_split(order, max(1, min(32, len(order) // 256))):
+                if len(chunk):
+                    idx[chunk] = self.tree.query(E[chunk], k=1, distance_upper_bound=float(bound[chunk].max()))[1]
+            missing = idx >= len(self.z)
+            if missing.any():  # nothing within the bound (only if the bound was not attained): search fully
+                idx[missing] = self.tree.query(E[missing], k=1)[1]
+        idx = torch.as_tensor(np.asarray(idx, dtype=np.int64))
+        return fs_distance(q.to(torch.complex128), self.z[idx.to(self.z.device)].to(q.device)), idx.to(q.device)
+
+    def self_query(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(FS distance [N], index [N]) from each indexed point to its nearest OTHER indexed point."""
+        _, idx = self.tree.query(self.tree.data, k=2)
+        n = np.arange(len(idx))
+        other = torch.as_tensor(np.where(idx[:, 0] == n, idx[:, 1], idx[:, 0]))
+        return fs_distance(self.z, self.z[other]), other
+
+
+def nearest_neighbours(z: torch.Tensor, w: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest point of w (or of z itself, excluding i) for each z_i: -> (FS distance [N], index [N])."""
+    if w is None:
+        return NearestIndex(z).self_query()
+    return NearestIndex(w).query(z)
 
 
 def nearest_neighbour_stats(z: torch.Tensor, w: torch.Tensor | None = None) -> dict:

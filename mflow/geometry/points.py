@@ -43,6 +43,47 @@ class CYPoints:
         """One integer per chart, patch * (n+1) + elim: [N]."""
         return self.patch * self.z.shape[-1] + self.elim
 
+    def as_batch(self) -> dict[str, torch.Tensor]:
+        """The batch dict the flows and losses consume: {z, patch, elim, pullback, omega_sq, g_fs, weights}."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_batch(cls, batch: dict[str, torch.Tensor]) -> "CYPoints":
+        """The inverse of :meth:`as_batch` (other keys of the batch, e.g. features or index, are ignored)."""
+        return cls(**{f.name: batch[f.name] for f in fields(cls)})
+
+    def to(self, device) -> "CYPoints":
+        return CYPoints(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
+RESIDUAL_TOL = 1e-6  # relative |p(z)| above which a point is not on the manifold (points of another X)
+
+
+def check_points(points: CYPoints, surface: Hypersurface, what: str = "points", tol: float = RESIDUAL_TOL) -> None:
+    """Refuse points of another P^n, NaN / inf anywhere, and points not on ``surface`` (relative |p| > tol)."""
+    z = points.z
+    if z.ndim != 2 or z.shape[-1] != surface.n + 1:
+        raise ValueError(f"{what} have {z.shape[-1] if z.ndim == 2 else '?'} homogeneous coordinates, but "
+                         f"{surface.name} lives in P^{surface.n}: points of another manifold?")
+    for f in fields(points):
+        t = getattr(points, f.name)
+        t = torch.view_as_real(t) if t.is_complex() else t
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise ValueError(f"{what} contain NaN or inf (in {f.name}): resample them or fix the input file")
+    check_on_surface(z, surface, what, tol)
+
+
+def check_on_surface(z: torch.Tensor, surface: Hypersurface, what: str = "points", tol: float = RESIDUAL_TOL) -> None:
+    """Refuse points z [N, n+1] where p does not vanish to relative tol (points of another manifold)."""
+    if len(z):
+        res = surface.residual(z)
+        if not float(res.max()) <= tol:
+            raise ValueError(
+                f"{int((~(res <= tol)).sum())} of {len(z)} {what} are not on {surface.name} (fingerprint "
+                f"{surface.fingerprint()}): relative |p(z)| up to {float(res.max()):.2e} > {tol:g}; points of "
+                "another manifold, or stored with too little precision?"
+            )
+
 
 def features(z: torch.Tensor) -> torch.Tensor:
     """[Re z, Im z]: [..., n+1] complex -> [..., 2(n+1)] float64."""
@@ -66,3 +107,38 @@ def sample(surface: Hypersurface, n_points: int, seed: int) -> CYPoints:
     """n_points Shiffman-Zelditch points with their geometry, reproducible from the seed."""
     gen = torch.Generator().manual_seed(seed)
     return cy_points(surface, sample_points(surface, n_points, gen))
+
+
+# ----------------------------------------------------------------------------- point-like inputs
+def raw_points(x) -> torch.Tensor:
+    """The tensor behind a point set: x.z for CYPoints, else x itself; refuses empty, non-2-d or non-finite input."""
+    t = x.z if hasattr(x, "z") else x
+    if not isinstance(t, torch.Tensor):
+        t = torch.as_tensor(t)
+    if t.ndim != 2 or t.shape[0] == 0 or t.shape[1] == 0:
+        raise ValueError(f"points must be a non-empty [N, D] tensor (or CYPoints); got shape {tuple(t.shape)}")
+    if not torch.isfinite(t).all():
+        raise ValueError("points contain NaN or inf")
+    return t
+
+
+def as_features(x) -> torch.Tensor:
+    """Real network input [N, D] float64: [Re z, Im z] for CYPoints / complex z, real tensors as is."""
+    t = raw_points(x)
+    if t.is_complex():
+        return torch.cat([t.real, t.imag], -1).to(torch.float64)
+    return t.to(torch.float64)
+
+
+def as_z(x) -> torch.Tensor:
+    """Homogeneous coordinates z [N, n+1] complex128; real features [Re z, Im z] are recombined."""
+    t = raw_points(x)
+    if not t.is_complex():
+        if t.shape[1] % 2:
+            raise ValueError(f"real features [Re z, Im z] need an even width, got {t.shape[1]}")
+        k = t.shape[1] // 2
+        t = torch.complex(t[:, :k].double(), t[:, k:].double())
+    t = t.to(torch.complex128)
+    if (torch.linalg.vector_norm(t, dim=-1) == 0).any():
+        raise ValueError("z = 0 is not a point of P^n")
+    return t

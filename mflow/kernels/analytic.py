@@ -24,61 +24,14 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from torch import nn
 
-from mflow.checks import integer
+from mflow.checks import integer, positive
 from mflow.geometry.distance import fs_distance_block, nearest_neighbours
+from mflow.geometry.points import as_features, as_z, raw_points
+from mflow.models.cosine import normalising_amplitude
 
 
 DEFAULT_BLOCK = 1024
-
-
-# ----------------------------------------------------------------------------- inputs
-def _raw(x) -> torch.Tensor:
-    t = x.z if hasattr(x, "z") else x
-    if not isinstance(t, torch.Tensor):
-        t = torch.as_tensor(t)
-    if t.ndim != 2 or t.shape[0] == 0 or t.shape[1] == 0:
-        raise ValueError(f"points must be a non-empty [N, D] tensor (or CYPoints); got shape {tuple(t.shape)}")
-    if not torch.isfinite(t).all():
-        raise ValueError("points contain NaN or inf")
-    return t
-
-
-def as_features(x) -> torch.Tensor:
-    """Real network input [N, D] float64: [Re z, Im z] for CYPoints / complex z, real tensors as is."""
-    t = _raw(x)
-    if t.is_complex():
-        return torch.cat([t.real, t.imag], -1).to(torch.float64)
-    return t.to(torch.float64)
-
-
-def as_z(x) -> torch.Tensor:
-    """Homogeneous coordinates z [N, n+1] complex128; real features [Re z, Im z] are recombined."""
-    t = _raw(x)
-    if not t.is_complex():
-        if t.shape[1] % 2:
-            raise ValueError(f"real features [Re z, Im z] need an even width, got {t.shape[1]}")
-        k = t.shape[1] // 2
-        t = torch.complex(t[:, :k].double(), t[:, k:].double())
-    t = t.to(torch.complex128)
-    if (torch.linalg.vector_norm(t, dim=-1) == 0).any():
-        raise ValueError("z = 0 is not a point of P^n")
-    return t
-
-
-def _check_block(block: int) -> int:
-    return integer("block", block)
-
-
-def _positive(name: str, value, allow_zero: bool = False) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a real number, got {value!r}") from None
-    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
-        raise ValueError(f"{name} must be finite and {'>= 0' if allow_zero else '> 0'}, got {value!r}")
-    return v
 
 
 def _rhs(v: torch.Tensor, nb: int) -> torch.Tensor:
@@ -117,7 +70,7 @@ class Kernel:
 
     def matrix(self, xa, xb=None, block: int = DEFAULT_BLOCK) -> torch.Tensor:
         """Full kernel matrix [Na, Nb] (xb defaults to xa), assembled from [block, block] tiles."""
-        _check_block(block)
+        integer("block", block)
         pa = self.prepare(xa)
         pb = pa if xb is None else self.prepare(xb)
         out = torch.empty(len(pa), len(pb), dtype=torch.float64)
@@ -130,7 +83,7 @@ class Kernel:
 
         With v = dl/dg [Nb, n-1, n-1] this is minus the frozen flow's right-hand side (eq. 2.12, 2.23).
         """
-        _check_block(block)
+        integer("block", block)
         pa, pb = self.prepare(xa), self.prepare(xb)
         v = _rhs(v, len(pb))
         flat = v.reshape(len(v), -1)
@@ -161,8 +114,8 @@ class ReluNTK(Kernel):
 
     def __post_init__(self):
         integer("depth", self.depth)
-        object.__setattr__(self, "sigma_w", _positive("sigma_w", self.sigma_w))
-        object.__setattr__(self, "sigma_b", _positive("sigma_b", self.sigma_b, allow_zero=True))
+        object.__setattr__(self, "sigma_w", positive("sigma_w", self.sigma_w))
+        object.__setattr__(self, "sigma_b", positive("sigma_b", self.sigma_b, allow_zero=True))
 
     def _block(self, xa, xb):
         d = xa.shape[1]
@@ -190,17 +143,6 @@ class ReluNTK(Kernel):
 
 
 # ----------------------------------------------------------------------------- cosine net
-def normalising_amplitude(sigma_w: float, d: int) -> float:
-    """A with (A^2/2) * integral of exp(-sigma_w^2 |x|^2/(2d)) d^dx = 1: A = sqrt(2) (sigma_w^2/(2 pi d))^(d/4).
-
-    The paper's eq. 2.36 prints 2^(1/4) (sigma_w/sqrt(2 pi d))^(d/4), which is the square root of
-    this value (its A^2 equals our A); with it the kernel would not integrate to 1. We use the value
-    that makes eq. 2.35 the normalised Gaussian of width sqrt(d)/sigma_w stated in eq. 2.37.
-    """
-    sigma_w = _positive("sigma_w", sigma_w)
-    return math.sqrt(2.0) * (sigma_w**2 / (2 * math.pi * d)) ** (d / 4)
-
-
 @dataclass(frozen=True)
 class CosineNTK(Kernel):
     """eq. 2.35: (A^2/2) exp(-sigma_w^2 |x - x'|^2 / (2d)), the large-N NTK of :class:`CosineNet` w.r.t. a.
@@ -215,8 +157,8 @@ class CosineNTK(Kernel):
 
     def __post_init__(self):
         integer("d", self.d)
-        object.__setattr__(self, "sigma_w", _positive("sigma_w", self.sigma_w))
-        a = normalising_amplitude(self.sigma_w, self.d) if self.amplitude is None else _positive("amplitude", self.amplitude)
+        object.__setattr__(self, "sigma_w", positive("sigma_w", self.sigma_w))
+        a = normalising_amplitude(self.sigma_w, self.d) if self.amplitude is None else positive("amplitude", self.amplitude)
         object.__setattr__(self, "amplitude", a)
 
     @property
@@ -229,37 +171,6 @@ class CosineNTK(Kernel):
             raise ValueError(f"CosineNTK(d={self.d}) got inputs of width {xa.shape[1]} and {xb.shape[1]}")
         sq = torch.cdist(xa, xb, compute_mode="donot_use_mm_for_euclid_dist") ** 2
         return self.amplitude**2 / 2 * torch.exp(-(self.sigma_w**2) * sq / (2 * self.d))
-
-
-class CosineNet(nn.Module):
-    """Random-feature cosine net (eq. 2.32): phi(x) = A/sqrt(N) sum_i a_i cos(w_i . x + b_i), [..., d] -> [...].
-
-    a ~ N(0, sigma_a^2) is the only trainable parameter (w ~ N(0, sigma_w^2/d), b ~ U(-pi, pi) are
-    frozen buffers), so its empirical NTK is eq. 2.33 and tends to :class:`CosineNTK` (eq. 2.35) as
-    N -> infinity. Note: eq. 2.32 as printed puts the sum over j outside the cosine; that form's NTK
-    is a sum of 1-d Gaussians plus cross terms, not eq. 2.35. The inner product w_i . x (random
-    Fourier features) is what gives eq. 2.35, and is what we implement (identical for d = 1).
-    """
-
-    def __init__(self, d: int, width: int, sigma_w: float = 1.0, sigma_a: float = 1.0,
-                 amplitude: float | None = None, generator: torch.Generator | None = None):
-        super().__init__()
-        if d < 1 or width < 1:
-            raise ValueError(f"d and width must be >= 1, got d={d}, width={width}")
-        sigma_w, sigma_a = _positive("sigma_w", sigma_w), _positive("sigma_a", sigma_a)
-        self.amplitude = normalising_amplitude(sigma_w, d) if amplitude is None else _positive("amplitude", amplitude)
-        self.width = width
-        g = generator
-        self.a = nn.Parameter(sigma_a * torch.randn(width, dtype=torch.float64, generator=g))
-        self.register_buffer("w", sigma_w / math.sqrt(d) * torch.randn(width, d, dtype=torch.float64, generator=g))
-        self.register_buffer("b", (2 * torch.rand(width, dtype=torch.float64, generator=g) - 1) * math.pi)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """d phi / d a_i = A/sqrt(N) cos(w_i . x + b_i): [..., d] -> [..., N]."""
-        return self.amplitude / math.sqrt(self.width) * torch.cos(x @ self.w.T + self.b)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x) @ self.a
 
 
 # ----------------------------------------------------------------------------- FS-distance kernels
@@ -285,8 +196,8 @@ class GaussianFS(Kernel):
     uses = "z"
 
     def __post_init__(self):
-        object.__setattr__(self, "sigma", _positive("sigma", self.sigma))
-        object.__setattr__(self, "zero_below", _positive("zero_below", self.zero_below, allow_zero=True))
+        object.__setattr__(self, "sigma", positive("sigma", self.sigma))
+        object.__setattr__(self, "zero_below", positive("zero_below", self.zero_below, allow_zero=True))
 
     def _block(self, za, zb):
         d = fs_distance_block(za, zb)
@@ -321,13 +232,13 @@ class DeltaKernel(Kernel):
         return out
 
     def matrix(self, xa, xb=None, block: int = DEFAULT_BLOCK) -> torch.Tensor:
-        _check_block(block)
+        integer("block", block)
         za = self.prepare(xa)
         zb = za if xb is None else self.prepare(xb)
         return self._block(za, zb)
 
     def apply(self, xa, xb, v, block: int = DEFAULT_BLOCK) -> torch.Tensor:
-        _check_block(block)
+        integer("block", block)
         za, zb = self.prepare(xa), self.prepare(xb)
         return _rhs(v, len(zb))[self._nearest(za, zb)]
 
@@ -351,7 +262,7 @@ class Scaled(Kernel):
         return f"Scaled({self.kernel!r}, h={getattr(self.h, '__name__', self.h)!r})"
 
     def _h(self, x) -> torch.Tensor:
-        n = len(_raw(x))
+        n = len(raw_points(x))
         h = torch.as_tensor(self.h(x)).to(torch.float64).reshape(-1)
         if h.shape != (n,) or not torch.isfinite(h).all():
             raise ValueError(f"h(x) must be {n} finite values, got shape {tuple(h.shape)}")

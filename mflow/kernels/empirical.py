@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 from torch.func import functional_call, jacrev, vmap
 
-from ..checks import integer
+from ..checks import integer, positive
 from ..models.mlp import MLP
-from .analytic import Kernel, _positive
+from .analytic import Kernel
 
 
 class EmpiricalNTK(Kernel):
@@ -25,8 +25,8 @@ class EmpiricalNTK(Kernel):
         integer("depth", depth)
         integer("width", width)
         self.depth, self.width, self.activation, self.parametrization = depth, width, activation, parametrization
-        self.sigma_w = _positive("sigma_w", sigma_w)
-        self.sigma_b = _positive("sigma_b", sigma_b, allow_zero=True)
+        self.sigma_w = positive("sigma_w", sigma_w)
+        self.sigma_b = positive("sigma_b", sigma_b, allow_zero=True)
         self.seed = int(seed)
         self._nets: dict[int, MLP] = {}
         self.network(1)  # refuse a bad activation or parametrisation now

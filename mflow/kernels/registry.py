@@ -1,14 +1,53 @@
 """Kernels by name, for configs (KernelFlow's ``kernel`` and ``kernel_params``)."""
 from __future__ import annotations
 
-from .analytic import CosineNTK, DeltaKernel, GaussianFS, Kernel, ReluNTK
+import math
+
+import torch
+
+from mflow.geometry.points import as_z, cy_points
+from mflow.geometry.volume import real_det
+
+from .analytic import CosineNTK, DeltaKernel, GaussianFS, Kernel, ReluNTK, Scaled
 from .empirical import EmpiricalNTK
 
-KERNELS = {"relu": ReluNTK, "cosine": CosineNTK, "gaussian": GaussianFS, "delta": DeltaKernel, "empirical": EmpiricalNTK}
+KERNELS = {"relu": ReluNTK, "cosine": CosineNTK, "gaussian": GaussianFS, "delta": DeltaKernel, "empirical": EmpiricalNTK,
+           "scaled": Scaled}
+H_FUNCTIONS = ("det_g_fs", "weight")
 
 
-def kernel(name: str, **params) -> Kernel:
-    """A kernel by name (relu, cosine, gaussian, delta, empirical), e.g. kernel('gaussian', sigma=30.0, inverse=True) (Table 1)."""
+def scale_function(surface, h: str, power: float):
+    """h(x) for the rescaling trick (eq. 2.15-2.16) by name, on points of ``surface`` (z [N, n+1] or CYPoints):
+    'det_g_fs': det g_FS(x)^power in the point's chart (eq. 2.28 takes power -1/4: the volume factor);
+    'weight': w(x)^power, w = deg |Omega|^2 / det g_FS (chart-independent, the CY-to-FS volume ratio)."""
+    if h not in H_FUNCTIONS:
+        raise ValueError(f"unknown scale function h={h!r}; choose one of {H_FUNCTIONS}")
+    power = float(power)
+
+    def fn(x) -> torch.Tensor:
+        p = x if hasattr(x, "g_fs") else cy_points(surface, as_z(x), drop_ties=False)
+        base = real_det(p.g_fs) if h == "det_g_fs" else p.weights
+        return base**power
+
+    fn.__name__ = f"{h}^{power:g}"
+    return fn
+
+
+def kernel(name: str, surface=None, **params) -> Kernel:
+    """A kernel by name (relu, cosine, gaussian, delta, empirical, scaled), e.g. kernel('gaussian', sigma=30.0,
+    inverse=True) (Table 1). 'scaled' (eq. 2.16) takes {kernel: <name>, kernel_params: {...}, h: det_g_fs | weight,
+    power: p} and needs the surface the points lie on."""
     if name not in KERNELS:
         raise ValueError(f"unknown kernel {name!r}; choose one of {sorted(KERNELS)}")
-    return KERNELS[name](**params)
+    if name != "scaled":
+        return KERNELS[name](**params)
+    unknown = set(params) - {"kernel", "kernel_params", "h", "power"}
+    if unknown or "kernel" not in params:
+        raise ValueError(f"kernel 'scaled' takes {{kernel, kernel_params, h, power}} (kernel required), got {sorted(params)}")
+    if surface is None:
+        raise ValueError("kernel 'scaled' needs the manifold (its h is a function on X)")
+    base = kernel(params["kernel"], surface, **(params.get("kernel_params") or {}))
+    power = float(params.get("power", -0.25))
+    if not math.isfinite(power):
+        raise ValueError(f"the power of h must be finite, got {power}")
+    return Scaled(base, scale_function(surface, params.get("h", "det_g_fs"), power))

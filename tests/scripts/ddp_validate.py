@@ -6,7 +6,7 @@ import lightning as L
 import torch
 
 from mflow.data.datamodule import CYDataModule
-from mflow.modules import NetworkFlow
+from mflow.flows.network import NetworkFlow
 
 class CountPoints(L.Callback):
     """Counts the validation points each rank sees (summed over ranks at the end)."""

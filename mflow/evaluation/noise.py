@@ -41,11 +41,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .geometry import charts
-from .geometry.distance import fs_distance
-from .geometry.hypersurface import CDTYPE, RDTYPE, Hypersurface
-from .geometry.points import CYPoints, cy_points
-from .geometry.volume import mc_weights, real_det
+from mflow.geometry import charts
+from mflow.geometry.distance import fs_distance, unit
+from mflow.geometry.hypersurface import CDTYPE, RDTYPE, Hypersurface
+from mflow.geometry.points import CYPoints, cy_points
+from mflow.geometry.volume import mc_weights, real_det
 
 RESIDUAL_TOL = 1e-10
 
@@ -101,10 +101,6 @@ def gaussian_noised(
 
 
 # ----------------------------------------------------------------------------- on-manifold points
-def _unit(z: torch.Tensor) -> torch.Tensor:
-    return z / torch.linalg.vector_norm(z, dim=-1, keepdim=True)
-
-
 def _inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """<a, b> = sum conj(a) b over the last axis, kept as [..., 1]."""
     return (a.conj() * b).sum(-1, keepdim=True)
@@ -121,7 +117,7 @@ def tangent_directions(surface: Hypersurface, u: torch.Tensor, generator: torch.
     r = torch.view_as_complex(torch.randn(*u.shape, 2, generator=generator, dtype=RDTYPE))
     for _ in range(2):  # twice, for orthogonality to round-off
         r = r - u * _inner(u, r) - a * _inner(a, r) / _inner(a, a).real
-    return _unit(r)
+    return unit(r)
 
 
 def project_to_surface(
@@ -132,7 +128,7 @@ def project_to_surface(
     Returns (unit points [N, n+1], converged [N] bool: relative residual <= RESIDUAL_TOL and finite).
     Points stop moving once their relative residual is below tol (round-off).
     """
-    z = _unit(z.to(CDTYPE))
+    z = unit(z.to(CDTYPE))
     active = torch.ones(len(z), dtype=torch.bool)
     for _ in range(max_iter):
         if not active.any():
@@ -140,7 +136,7 @@ def project_to_surface(
         za = z[active]
         dp = surface.gradient(za)
         step = surface(za)[:, None] * dp.conj() / (dp.abs() ** 2).sum(-1, keepdim=True)
-        z[active] = _unit(za - step)
+        z[active] = unit(za - step)
         res = surface.residual(z[active])
         idx = active.nonzero().flatten()
         active[idx[(res <= tol) | ~torch.isfinite(res)]] = False
@@ -168,7 +164,7 @@ def manifold_noised(
         raise ValueError(f"the requested FS distance must be in (0, pi/2), got {distance!r}")
     if len(train) == 0:
         raise ValueError("no train points to move")
-    u0 = _unit(train.z.to(CDTYPE))
+    u0 = unit(train.z.to(CDTYPE))
     n = len(u0)
     out = torch.zeros_like(u0)
     done = torch.zeros(n, dtype=torch.bool)

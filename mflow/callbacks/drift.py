@@ -1,14 +1,9 @@
-"""Callbacks that watch the metric-NTK drift (REFERENCE.md sec. 4) and the sigma gains during training.
-
-NTKDrift: the empirical metric-NTK K_t (eq. 2.7, mflow.ntk) on a fixed probe set, against K_0 at the
-start of fit: relative change, kernel distance, centred kernel alignment, kernel velocity, and the
-distance of the network-output kernel to the analytic frozen ReLU NTK where that exists.
-SigmaGain: sigma gains on train / val / test against the initial metric at every validation.
-"""
+"""NTKDrift: the empirical metric-NTK K_t (eq. 2.7, mflow.ntk) on a fixed probe set during training, against K_0
+at the start of fit: relative change, kernel distance, centred kernel alignment, kernel velocity, and the
+distance of the network-output kernel to the analytic frozen ReLU NTK where that exists (mflow.ntk.drift)."""
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
@@ -16,75 +11,9 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
-from . import ntk
-from .io import atomic_write, write_json
-
-# ----------------------------------------------------------------------------- drift measures
-
-
-def frobenius(K: torch.Tensor) -> float:
-    """|K|_F over all axes."""
-    return float(torch.linalg.vector_norm(K))
-
-
-def relative_change(K: torch.Tensor, K0: torch.Tensor) -> float:
-    """|K - K_0|_F / |K_0|_F (falls like 1/sqrt(width) in the lazy regime)."""
-    return frobenius(K - K0) / frobenius(K0)
-
-
-def kernel_distance(K: torch.Tensor, K0: torch.Tensor) -> float:
-    """1 - <K, K_0>_F / (|K|_F |K_0|_F): 0 for kernels equal up to scale."""
-    return 1.0 - float((K * K0).sum()) / (frobenius(K) * frobenius(K0))
-
-
-def centre(K: torch.Tensor) -> torch.Tensor:
-    """H K H with H = I - 11^T/n acting on both point axes (dims 0 and 1) of a kernel [n, n, ...]."""
-    return K - K.mean(0, keepdim=True) - K.mean(1, keepdim=True) + K.mean((0, 1), keepdim=True)
-
-
-def cka(K: torch.Tensor, K0: torch.Tensor) -> float:
-    """Centred kernel alignment <HKH, HK_0H>_F / (|HKH|_F |HK_0H|_F): 1 for kernels equal up to scale and shifts."""
-    a, b = centre(K), centre(K0)
-    return float((a * b).sum()) / (frobenius(a) * frobenius(b))
-
-
-def analytic_relu_network_kernel(model, points) -> torch.Tensor | None:
-    """The frozen (infinite-width) NTK of a MetricModel's network output, out_scale^2 K_ReLU(x, x') delta_ef:
-    [n, n, d_out, d_out], or None unless the net is a ReLU MLP in NTK parametrisation.
-
-    K_ReLU is mflow.kernels.analytic.ReluNTK(depth, sigma_w, sigma_b) on the network's input features
-    (chart or invariant). This describes the network output v = out_scale * net(x) only: how v enters
-    g depends on the head (addfs: r(g) = r(g_FS) + v, so the metric-NTK is this kernel; multfs, matrixfs:
-    a point-dependent linear map A(x) of v, Theta = A(x) K A(x')^T; free: a non-linear map; phifs:
-    second derivatives of K), so the drift callback compares the network-output kernel with it.
-    """
-    from .kernels.analytic import ReluNTK
-    from .models.mlp import Dense
-
-    base = getattr(model, "base", model)  # a LinearizedModel: its frozen theta_0 network
-    if not all(hasattr(base, a) for a in ("net", "inputs", "out_scale")):
-        return None
-    layers = list(base.net.net)
-    dense = [m for m in layers if isinstance(m, Dense)]
-    acts = [m for m in layers if not isinstance(m, Dense)]
-    if not acts or not all(isinstance(a, torch.nn.ReLU) for a in acts) or any(d.parametrization != "ntk" for d in dense):
-        return None
-    d0 = dense[0]
-    sigma_w = d0.w_scale * math.sqrt(d0.weight.shape[1])
-    kernel = ReluNTK(depth=len(acts), sigma_w=sigma_w, sigma_b=d0.b_scale)
-    z = ntk.as_points(points)[0]
-    with torch.no_grad():
-        x = base.inputs(z).to(torch.float64)
-    K = base.out_scale**2 * kernel.block(x, x)  # [n, n]
-    d_out = dense[-1].weight.shape[0]
-    return K[:, :, None, None] * torch.eye(d_out, dtype=torch.float64, device=K.device)
-
-
-def network_kernel(model, points, method: str = "auto") -> torch.Tensor:
-    """Empirical NTK of the network output [n, n, d_out, d_out] (for a LinearizedModel: at theta_0, its constant kernel)."""
-    if hasattr(model, "base") and hasattr(model, "theta0"):
-        return ntk.output_ntk(ntk.network_output(model.base), model.theta0(), points, kind="full", method=method, module=model.base)
-    return ntk.network_ntk(model, points, kind="full", method=method)
+from mflow import ntk
+from mflow.io import pyplot, write_json, write_png
+from mflow.ntk.drift import analytic_relu_network_kernel, cka, frobenius, kernel_distance, network_kernel, relative_change
 
 
 # ----------------------------------------------------------------------------- NTKDrift
@@ -242,8 +171,7 @@ class NTKDrift(L.Callback):
     def write(self, root: Path, trainer=None) -> tuple[Path, Path]:
         """<root>/<filename>.json (atomic) and <root>/<filename>.png; the PNG is logged to W&B if possible."""
         js = write_json(root / f"{self.filename}.json", self.summary())
-        png = root / f"{self.filename}.png"
-        atomic_write(png, lambda tmp: drift_figure(self.series, tmp, self.kind))
+        png = write_png(root / f"{self.filename}.png", drift_figure(self.series, self.kind), dpi=100)
         if trainer is not None:
             _log_image(trainer, "ntk/drift", png)
         return js, png
@@ -262,15 +190,10 @@ class NTKDrift(L.Callback):
         self.series = list(state.get("series", []))
 
 
-def drift_figure(series: list[dict], path, kind: str = "trace") -> None:
+def drift_figure(series: list[dict], kind: str = "trace"):
     """Drift curves against optimizer step: relative change, kernel distance, 1 - CKA (left); velocity and
-    the distance to the analytic kernel (right, log scale). Written as PNG to path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    the distance to the analytic kernel (right, log scale): a matplotlib figure."""
+    fig, (a, b) = pyplot().subplots(1, 2, figsize=(10, 4))
     for key, label in (("relative_change", "|K_t - K_0| / |K_0|"), ("kernel_distance", "kernel distance"), ("cka", "1 - CKA")):
         pts = [(e["step"], (1 - e[key]) if key == "cka" else e[key]) for e in series]
         pts = [(s, y) for s, y in pts if y > 0]
@@ -290,8 +213,7 @@ def drift_figure(series: list[dict], path, kind: str = "trace") -> None:
     if b.get_legend_handles_labels()[0]:
         b.legend()
     fig.tight_layout()
-    fig.savefig(path, format="png", dpi=100)
-    plt.close(fig)
+    return fig
 
 
 def _log_image(trainer, key: str, path: Path) -> None:
@@ -304,64 +226,3 @@ def _log_image(trainer, key: str, path: Path) -> None:
             import wandb
 
             lg.experiment.log({key: wandb.Image(str(path))})
-
-
-# ----------------------------------------------------------------------------- SigmaGain
-SPLITS = ("train", "val", "test")
-
-
-class SigmaGain(L.Callback):
-    """Logs sigma and the gain sigma(initial metric) / sigma(current metric) on train / val / test at every
-    validation end (``gain/<split>``, ``sigma/<split>``).
-
-    ``n_train`` / ``n_val`` / ``n_test``: points of each split used (the first ones; None = all). On a
-    whole split the initial sigma is NetworkFlow's buffer ``initial_sigma``; on a subset it is
-    measured at the start of fit (saved in the checkpoint with this callback's state). Train defaults to
-    2000 points to stay cheap.
-    """
-
-    def __init__(self, n_train: int | None = 2000, n_val: int | None = None, n_test: int | None = None):
-        for name, n in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
-            if n is not None and n < 1:
-                raise ValueError(f"{name} must be a positive integer or None, got {n}")
-        self.limits = {"train": n_train, "val": n_val, "test": n_test}
-        self.initial: dict[str, float] = {}  # sigma at initialisation on the subsets
-
-    def _subset(self, points, split):
-        n = self.limits[split]
-        return points if n is None or n >= len(points) else points[:n]
-
-    def _splits(self, trainer) -> dict:
-        dm = trainer.datamodule
-        return {s: getattr(dm, s, None) for s in SPLITS}
-
-    def on_fit_start(self, trainer, pl_module) -> None:
-        for s, pts in self._splits(trainer).items():
-            if pts is None or len(pts) == 0 or s in self.initial or self._subset(pts, s) is pts:
-                continue
-            if trainer.global_step > 0:
-                rank_zero_warn(f"SigmaGain: no initial sigma for the {s} subset in the checkpoint: its gain is not logged")
-                continue
-            self.initial[s] = float(pl_module.sigma_on(self._subset(pts, s)))
-
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking:
-            return
-        metrics = {}
-        for i, (s, pts) in enumerate(self._splits(trainer).items()):
-            if pts is None or len(pts) == 0:
-                continue
-            sub = self._subset(pts, s)
-            init = self.initial.get(s) if sub is not pts else float(pl_module.initial_sigma[i])
-            sigma = float(pl_module.sigma_on(sub))
-            metrics[f"sigma/{s}"] = sigma
-            if init is not None and math.isfinite(init) and sigma > 0:
-                metrics[f"gain/{s}"] = init / sigma
-        for k, v in metrics.items():
-            pl_module.log(k, v, on_step=False, on_epoch=True)
-
-    def state_dict(self) -> dict:
-        return {"initial": dict(self.initial)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.initial = dict(state.get("initial", {}))

@@ -21,16 +21,14 @@ Memory: O(M^2) per batch plus the labels.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from mflow.checks import integer
 from mflow.geometry.distance import fs_distance_matrix
-
-from ..checks import integer
-from .analytic import as_z
+from mflow.geometry.points import as_z
+from mflow.io import pyplot, write_png
 
 MERGES = ("greedy", "nearest", "hungarian")
 LINKAGES = ("complete", "average")
@@ -139,22 +137,6 @@ def agreement(labels_a, labels_b) -> float:
     return float(adjusted_rand_score(a.numpy(), b.numpy()))
 
 
-def _write_png_atomic(fig, path: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=120)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def cluster_figure(
     z, path, n_clusters: int = 10, n_batches: int = 5, seed: int = 0, merge: str = "greedy", linkage: str = "complete"
 ) -> dict:
@@ -163,8 +145,6 @@ def cluster_figure(
 
     Returns {"path", "ari", "labels_batched", "labels_full"} (ari: batched vs full).
     """
-    from matplotlib.figure import Figure
-
     z = as_z(z)
     integer("n_batches", n_batches)
     path = Path(path)
@@ -176,7 +156,7 @@ def cluster_figure(
         (f"batched clustering ({n_batches} batches)", torch.argsort(batched, stable=True)),
         ("full clustering", torch.argsort(full, stable=True)),
     ]
-    fig = Figure(figsize=(15, 4.6), layout="constrained")
+    fig = pyplot().figure(figsize=(15, 4.6), layout="constrained")
     axes = fig.subplots(1, 3)
     for ax, (title, order) in zip(axes, panels):
         im = ax.imshow(d[order][:, order].numpy(), cmap="viridis", vmin=0.0, vmax=math.pi / 2, interpolation="nearest")
@@ -186,7 +166,7 @@ def cluster_figure(
     fig.colorbar(im, ax=list(axes), label=r"$d_{FS}$", shrink=0.9)
     ari = agreement(batched, full)
     fig.suptitle(f"FS distance, {len(z)} points, {n_clusters} clusters (ARI batched vs full = {ari:.3f})")
-    _write_png_atomic(fig, path)
+    write_png(path, fig)
     return {"path": str(path), "ari": ari, "labels_batched": batched, "labels_full": full}
 
 

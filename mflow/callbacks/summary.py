@@ -1,4 +1,4 @@
-"""Callbacks: the run summary (summary.json) written at the end of fit and test."""
+"""RunSummary: <run dir>/summary.json, written at the end of fit and of test, recording what ran and what it gave."""
 from __future__ import annotations
 
 import time
@@ -7,21 +7,25 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from .geometry import curvature, volume
-from .io import write_json
-from .ntk_callbacks import NTKDrift
+from mflow.geometry import curvature, volume
+from mflow.io import write_json
+
+from .drift import NTKDrift
 
 
 class RunSummary(L.Callback):
-    """Writes <run dir>/summary.json: manifold, model, point counts, sigma (initial, final) and gains on
-    train / val / test, epochs, seconds per epoch, the Ricci measure on val points, checkpoint path, and
-    the last NTK-drift measurement (``ntk_drift``) when an NTKDrift callback ran."""
+    """Writes <run dir>/summary.json: manifold, model settings, the optimizer and scheduler that actually ran,
+    the loggers, point counts, sigma (initial, final), gains and non-positive-definite points on train / val /
+    test, epochs, seconds per epoch, the Ricci measure on val points (networks), the checkpoint, and the last
+    NTK-drift measurement (``ntk_drift``) when an NTKDrift callback ran. ``path`` is where it went."""
 
     def __init__(self, ricci_points: int = 1000):
         self.ricci_points = ricci_points
         self._t_epoch = None
         self._epochs = 0
         self._fit_seconds = 0.0
+        self.path: Path | None = None
+        self.summary: dict | None = None
 
     def on_train_epoch_start(self, trainer, pl_module):
         self._t_epoch = time.perf_counter()
@@ -42,38 +46,55 @@ class RunSummary(L.Callback):
             return
         dm = trainer.datamodule
         splits = {"train": dm.train, "val": dm.val, "test": dm.test}
-        final = {k: float(module.sigma_on(p)) for k, p in splits.items()}
+        measured = {k: module.measure(p) for k, p in splits.items()}
+        final = {k: m["sigma"] for k, m in measured.items()}
         initial = dict(zip(splits, module.initial_sigma.tolist()))
         ckpt = trainer.checkpoint_callback
-        summary = {
+        self.summary = {
             "manifold": module.surface.to_dict(),
-            "model": dict(module.hparams),
+            "model": {"class": f"{type(module).__module__}.{type(module).__name__}", **dict(module.hparams)},
+            "optimizer": ran_optimizer(trainer) if module.kind == "network" else None,  # a kernel flow's step is its lr
+            "loggers": [type(lg).__name__ for lg in trainer.loggers],
             "points": {k: len(p) for k, p in splits.items()},
             "kappa": float(module.kappa),
             "sigma_initial": initial,
             "sigma_final": final,
             "gain": {k: initial[k] / final[k] for k in splits},
+            "not_positive_definite": {k: m["not_pd"] for k, m in measured.items()},
             "ricci_measure_val": self._ricci(module, dm.val),
             "epochs": trainer.current_epoch,
+            "global_step": trainer.global_step,
             "seconds_per_epoch": self._fit_seconds / max(self._epochs, 1),
             "checkpoint": (ckpt.best_model_path or ckpt.last_model_path) if ckpt else None,
             "ntk_drift": _last_drift(trainer),
         }
-        path = write_json(Path(trainer.default_root_dir) / "summary.json", summary)
-        print(f"[mflow] summary: {path}  (val sigma {final['val']:.4g}, gain {summary['gain']['val']:.3g})")
+        self.path = write_json(Path(trainer.default_root_dir) / "summary.json", self.summary)
 
     def _ricci(self, module, points):
         if self.ricci_points <= 0 or not getattr(module, "has_derivatives", True) or getattr(module, "model", None) is None:
             return None
-        p = points[: self.ricci_points]
-        dev = module.device
-        z, patch, elim, J = (t.to(dev) for t in (p.z, p.patch, p.elim, p.pullback))
+        p = points[: self.ricci_points].to(module.device)
         with torch.enable_grad():
-            ric = curvature.ricci_form(module.model, z, patch, elim, J)
-            g = module.model(z, patch, elim)
-        scalar = curvature.ricci_scalar(g, ric).detach().cpu()
+            ric = curvature.ricci_form(module.model, p.z, p.patch, p.elim, p.pullback)
+            g = module.model(p.z, p.patch, p.elim)
+        scalar = curvature.ricci_scalar(g.detach(), ric.detach()).cpu()
         det = volume.real_det(g.detach().cpu())
+        p = p.to("cpu")
         return float(curvature.ricci_measure(p.weights, det, p.omega_sq, scalar, module.surface.dim))
+
+
+def ran_optimizer(trainer) -> dict | None:
+    """The optimizer(s) and lr scheduler(s) the trainer actually ran: class and hyperparameters of the first param
+    group (a --optimizer / --lr_scheduler given on the command line shows here, not in the model's settings)."""
+    optimizers = [opt for opt in trainer.optimizers if opt.param_groups]  # a kernel flow has none (its step is lr)
+    if not optimizers:
+        return None
+    out = []
+    for opt in optimizers:
+        group = {k: v for k, v in opt.param_groups[0].items() if k != "params" and isinstance(v, (int, float, str, bool, tuple))}
+        out.append({"class": type(opt).__name__, **group})
+    scheds = [type(c.scheduler).__name__ for c in trainer.lr_scheduler_configs]
+    return {"optimizers": out, "lr_schedulers": scheds}
 
 
 def _last_drift(trainer) -> dict | None:

@@ -5,29 +5,30 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
+from mflow.geometry import volume
+
 
 class SigmaMeasure(Metric):
-    """Weighted sigma measure sum w |1 - eta| / sum w with the metric's own kappa (eq. B.11).
+    """Weighted sigma measure sum w |1 - eta| / sum w with the metric's own kappa (eq. B.11, mflow.geometry.volume.sigma).
 
-    kappa needs the whole set, so per-point det g / |Omega|^2 and w are kept (concatenated across
-    ranks under DDP) and sigma is formed at compute().
+    kappa needs the whole set, so per-point det g, |Omega|^2 and w are kept (concatenated across ranks
+    under DDP) and sigma is formed at compute().
     """
 
     full_state_update = False
 
     def __init__(self):
         super().__init__()
-        self.add_state("ratio", default=[], dist_reduce_fx="cat")
-        self.add_state("weights", default=[], dist_reduce_fx="cat")
+        for name in ("det_g", "omega_sq", "weights"):
+            self.add_state(name, default=[], dist_reduce_fx="cat")
 
     def update(self, det_g: torch.Tensor, omega_sq: torch.Tensor, weights: torch.Tensor) -> None:
-        self.ratio.append((det_g / omega_sq).detach().double())
+        self.det_g.append(det_g.detach().double())
+        self.omega_sq.append(omega_sq.detach().double())
         self.weights.append(weights.detach().double())
 
     def compute(self) -> torch.Tensor:
-        r, w = dim_zero_cat(self.ratio), dim_zero_cat(self.weights)
-        kappa = (w * r).sum() / w.sum()
-        return (w * (1 - r / kappa).abs()).sum() / w.sum()
+        return volume.sigma(dim_zero_cat(self.weights), dim_zero_cat(self.det_g), dim_zero_cat(self.omega_sq))
 
 
 class WeightedMean(Metric):

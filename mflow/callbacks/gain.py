@@ -1,0 +1,67 @@
+"""SigmaGain: sigma and the gain sigma(initial metric) / sigma(current metric) on train / val / test at every
+validation end (REFERENCE.md section 1)."""
+from __future__ import annotations
+
+import math
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_warn
+
+SPLITS = ("train", "val", "test")
+
+
+class SigmaGain(L.Callback):
+    """Logs sigma and the gain sigma(initial metric) / sigma(current metric) on train / val / test at every
+    validation end (``gain/<split>``, ``sigma/<split>``).
+
+    ``n_train`` / ``n_val`` / ``n_test``: points of each split used (the first ones; None = all). On a
+    whole split the initial sigma is NetworkFlow's buffer ``initial_sigma``; on a subset it is
+    measured at the start of fit (saved in the checkpoint with this callback's state). Train defaults to
+    2000 points to stay cheap.
+    """
+
+    def __init__(self, n_train: int | None = 2000, n_val: int | None = None, n_test: int | None = None):
+        for name, n in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
+            if n is not None and n < 1:
+                raise ValueError(f"{name} must be a positive integer or None, got {n}")
+        self.limits = {"train": n_train, "val": n_val, "test": n_test}
+        self.initial: dict[str, float] = {}  # sigma at initialisation on the subsets
+
+    def _subset(self, points, split):
+        n = self.limits[split]
+        return points if n is None or n >= len(points) else points[:n]
+
+    def _splits(self, trainer) -> dict:
+        dm = trainer.datamodule
+        return {s: getattr(dm, s, None) for s in SPLITS}
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        for s, pts in self._splits(trainer).items():
+            if pts is None or len(pts) == 0 or s in self.initial or self._subset(pts, s) is pts:
+                continue
+            if trainer.global_step > 0:
+                rank_zero_warn(f"SigmaGain: no initial sigma for the {s} subset in the checkpoint: its gain is not logged")
+                continue
+            self.initial[s] = float(pl_module.sigma_on(self._subset(pts, s)))
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = {}
+        for i, (s, pts) in enumerate(self._splits(trainer).items()):
+            if pts is None or len(pts) == 0:
+                continue
+            sub = self._subset(pts, s)
+            init = self.initial.get(s) if sub is not pts else float(pl_module.initial_sigma[i])
+            sigma = float(pl_module.sigma_on(sub))
+            metrics[f"sigma/{s}"] = sigma
+            if init is not None and math.isfinite(init) and sigma > 0:
+                metrics[f"gain/{s}"] = init / sigma
+        for k, v in metrics.items():
+            pl_module.log(k, v, on_step=False, on_epoch=True)
+
+    def state_dict(self) -> dict:
+        return {"initial": dict(self.initial)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.initial = dict(state.get("initial", {}))

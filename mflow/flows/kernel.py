@@ -1,0 +1,470 @@
+"""The frozen-kernel metric flow (paper sec. 2.2, 3.2): eq. 2.12 with Theta_ijkl = delta_ik delta_jl k(x, x').
+
+:class:`FrozenKernelFlow` is a plain torch module (no Lightning: mflow.bo uses it directly, and
+mflow.flows.kernel_module.KernelFlow wraps it for train.py). One Euler step of size lr:
+
+    g(x) <- g(x) - lr * sum_{x' in B} k(x, x') G(x'),      G(x') = dL/dg(x'),          (eq. 2.12, 2.23)
+
+with L the batch loss (a METRIC loss of mflow.losses, default the sigma loss with the fixed kappa of the
+FS metric on the train split). The metric at the train points starts at the pulled-back FS metric. The
+per-train-point coefficients C(x') = sum over steps of lr G(x') are kept, so that the metric at ANY point is
+
+    g(x) = g_FS(x) - sum_{x'} k(x, x') C(x')
+
+(the same at the train points, by linearity): val / test / noised points are predicted from the kernel
+alone. Clustered: every step is one cluster, only that cluster's points are updated and only its points
+contribute (the kernel between clusters is neglected, sec. 3.1); a new point takes the cluster of its
+FS-nearest train point. Unclustered: every batch B updates all train points, with Kernel.apply (memory
+O(block^2), never N^2).
+
+Charts. The Kronecker deltas add metric components at different points, which only means something in one
+coordinate system, but every point has its own chart (patch, elim) (sec. 3.1). ``chart_mode``:
+
+* ``"ambient"`` (default): the metric-NTK of g(x) = g_FS(x) + F(x) A(x) F(x)^H with an ambient Hermitian
+  (n+1)x(n+1) form A whose components (in an orthonormal basis of Hermitian matrices) are independent
+  networks of scalar kernel k (mflow.geometry.forms: F F^H = g_FS). Then
+  dg(x) = -lr F(x) [sum_x' k(x, x') F(x')^H G(x') F(x')] F(x)^H: chart-independent and exact, one kernel
+  product on (n+1)^2 complex components, no Jacobians between far-apart points. At x = x' the deltas
+  become the FS metric: dg = -lr k g_FS G g_FS, the covariant form of delta_ik delta_jl.
+* ``"transform"``: the paper's component-wise delta_ik delta_jl, with every correction expressed in the
+  chart of the receiving point x. Transport rule: the paper's update at x' is the metric correction
+  dg(x') = -lr G(x') (eq. 2.12 at x = x', components added in x''s chart); a metric correction is a (1,1)
+  form, so it moves to x's chart as forms do, T dg T^H (T the chart Jacobian at x', mflow.geometry.forms),
+  for the steps and for predictions alike (the coefficients C are accumulated corrections). A form keeps
+  its signature under T (. ) T^H, while the gradient rule T^-H G T^-1 amplifies corrections by |T^-1|^2,
+  up to 1e8 between distant quintic points. Predictions can still be non-positive-definite away from the
+  train points: they are counted (``FlowModule.measure``, the logs, eval.json).
+* ``"reject"``: the paper's choice: only train points in the most common chart of the split take part
+  (about 7% of quintic points); updates are added component-wise in that chart, and a prediction at a point
+  of another chart is moved to its chart as a form (exact).
+
+Positive definiteness (``pd_policy``), when a step would make some metric non-positive-definite:
+"backtrack" halves the whole step until every metric is PD (at most max_backtracks times, then raises);
+"clip" leaves out dL/dg at the offending points (repeated at most max_backtracks times, after which the whole
+step is skipped); "stop" raises NotPositiveDefiniteError. Events are counted (``pd_counts``: backtracks,
+clipped points, skipped steps). ``pd_margin`` > 0 asks for g_new - pd_margin g_old > 0 instead.
+
+Step size. ``reduction="mean"`` takes G = the gradient of the weighted batch mean (the paper's sigma-loss,
+eq. B.11), "sum" that times the batch size (the per-point gradient). With a constant step the sigma flow ends
+in an oscillation of the size of the step, so long flows use ``lr_step_decay`` < 1 (per step; per cluster
+when clustered). ``normalize`` uses the rescaled kernel h(x) h(x') k(x, x'), h = (row sum of k)^-1/2
+(eq. 2.15-2.16).
+
+Kernel matrices are cached (``cache_mb``) when ALL of them fit (each cluster's, or the train x train one):
+the decision depends on sizes only, so a resumed flow computes exactly as an uninterrupted one.
+
+Sharing out (DDP): ``distributed = (world, rank, all_gather_object)``, set by the Lightning wrapper; the
+unclustered step then computes this rank's share of the receiving points and gathers the rest.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from mflow import losses as losses_
+from mflow.checks import integer
+from mflow.data.clustering import check_labels
+from mflow.geometry import volume
+from mflow.geometry.distance import NearestIndex
+from mflow.geometry.forms import (
+    NotPositiveDefiniteError,
+    ambient_frame,
+    chart_change,
+    form_from_ambient,
+    form_to_chart,
+    gradient_to_ambient,
+    hermitian_part,
+    not_positive_definite,
+)
+from mflow.geometry.points import CYPoints, check_points
+from mflow.kernels.analytic import DEFAULT_BLOCK, Kernel
+
+CHART_MODES = ("ambient", "transform", "reject")
+PD_POLICIES = ("backtrack", "clip", "stop")
+REDUCTIONS = ("mean", "sum")
+
+# buffers whose first dimension is the number of train points (or clusters) in the flow (resized on load)
+STATE_BUFFERS = (
+    "train_z", "train_patch", "train_elim", "train_pullback", "train_g_fs", "train_weights", "train_omega_sq",
+    "metric", "coeff", "labels", "row_of", "train_h", "cluster_steps",
+)
+
+
+def real_matmul(K: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+    """K [Na, Nb] real @ V [Nb, ...] real or complex -> [Na, ...]."""
+    flat = V.reshape(len(V), -1)
+    if V.is_complex():
+        out = K @ torch.view_as_real(flat).reshape(len(V), -1)
+        return torch.view_as_complex(out.reshape(len(K), -1, 2)).reshape(len(K), *V.shape[1:])
+    return (K @ flat).reshape(len(K), *V.shape[1:])
+
+
+def _chart_fields(d: dict) -> dict:
+    return {k: d[k] for k in ("z", "patch", "elim", "pullback")}
+
+
+class FrozenKernelFlow(nn.Module):
+    """The discrete frozen metric-NTK flow (module doc) on a set of train points: attach, flow_step, predict_metric.
+
+    Args:
+        surface: the hypersurface. kernel: a mflow.kernels Kernel (scalar k, Theta = delta delta k).
+        lr, lr_step_decay, loss, reduction, chart_mode, pd_policy, max_backtracks, pd_margin, normalize,
+        block, cache_mb: see the module doc (block: kernel tile size, memory O(block^2)).
+    """
+
+    def __init__(self, surface, kernel: Kernel, lr: float = 0.1, lr_step_decay: float = 1.0, loss: str = "sigma",
+                 reduction: str = "mean", chart_mode: str = "ambient", pd_policy: str = "backtrack",
+                 max_backtracks: int = 20, pd_margin: float = 0.0, normalize: bool = False,
+                 block: int = DEFAULT_BLOCK, cache_mb: float = 512.0):
+        super().__init__()
+        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+        if not (isinstance(lr_step_decay, (int, float)) and 0 < lr_step_decay <= 1):
+            raise ValueError(f"lr_step_decay must be in (0, 1], got {lr_step_decay!r}")
+        if loss not in losses_.METRIC_LOSSES:
+            raise ValueError(f"loss {loss!r} is not a metric loss; a kernel flow needs dL/dg at points: choose one "
+                             f"of {sorted(losses_.METRIC_LOSSES)}")
+        for name, value, choices in (("reduction", reduction, REDUCTIONS), ("chart_mode", chart_mode, CHART_MODES),
+                                     ("pd_policy", pd_policy, PD_POLICIES)):
+            if value not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+        integer("max_backtracks", max_backtracks, lo=0)
+        integer("block", block)
+        if not (0 <= pd_margin < 1):
+            raise ValueError(f"pd_margin must be in [0, 1), got {pd_margin!r}")
+        if not (cache_mb >= 0):
+            raise ValueError(f"cache_mb must be >= 0, got {cache_mb!r}")
+        self.surface, self.kernel = surface, kernel
+        self.lr, self.lr_step_decay, self.loss_name, self.reduction = float(lr), float(lr_step_decay), loss, reduction
+        self.chart_mode, self.pd_policy, self.max_backtracks = chart_mode, pd_policy, max_backtracks
+        self.pd_margin, self.normalize, self.block, self.cache_mb = float(pd_margin), bool(normalize), block, float(cache_mb)
+        self.distributed: tuple | None = None  # (world, rank, all_gather_object) under DDP
+        n1, m = surface.n + 1, surface.n - 1
+        cd, rd, i64 = torch.complex128, torch.float64, torch.int64
+        for name, shape, dtype in (
+            ("train_z", (0, n1), cd), ("train_patch", (0,), i64), ("train_elim", (0,), i64),
+            ("train_pullback", (0, m, n1), cd), ("train_g_fs", (0, m, m), cd), ("train_weights", (0,), rd),
+            ("train_omega_sq", (0,), rd), ("metric", (0, m, m), cd), ("coeff", (0, m, m), cd),
+            ("labels", (0,), i64), ("row_of", (0,), i64), ("train_h", (0,), rd), ("cluster_steps", (0,), i64),
+        ):
+            self.register_buffer(name, torch.zeros(shape, dtype=dtype))
+        self.register_buffer("kappa", torch.tensor(float("nan"), dtype=rd))
+        self.register_buffer("pd_counts", torch.zeros(3, dtype=i64))  # backtracks, clipped points, skipped steps
+        self.register_buffer("flow_steps", torch.zeros((), dtype=i64))
+        self.register_buffer("ref_chart", torch.full((2,), -1, dtype=i64))  # (patch, elim) in reject mode
+        self.register_buffer("clustered", torch.zeros((), dtype=torch.bool))
+        self._reset_derived()
+
+    # ------------------------------------------------------------------ state
+    @property
+    def n_train(self) -> int:
+        return len(self.train_z)
+
+    def _reset_derived(self) -> None:
+        """Forget what is derived from the state (kernel cache, nearest-point index)."""
+        self._cache: dict = {}
+        self._index: NearestIndex | None = None
+        self._groups: list[torch.Tensor] | None = None
+
+    def attach(self, train: CYPoints, kappa: float, labels: torch.Tensor | None = None) -> "FrozenKernelFlow":
+        """Start the flow on the train split: state g = g_FS, C = 0.
+
+        labels [N] (cluster of each train point) makes the flow clustered. In reject mode only the points
+        in the most common chart are kept (row_of maps split rows to state rows, -1 if left out).
+        """
+        check_points(train, self.surface, "train points")
+        if not (math.isfinite(float(kappa)) and float(kappa) > 0):
+            raise ValueError(f"kappa must be a finite number > 0, got {kappa!r}")
+        n = len(train)
+        if labels is not None:
+            labels = check_labels(labels, n)
+        keep = torch.ones(n, dtype=torch.bool)
+        ref = torch.full((2,), -1, dtype=torch.int64)
+        if self.chart_mode == "reject":
+            cid = train.chart_id
+            ids, counts = torch.unique(cid, return_counts=True)
+            best = int(ids[counts.argmax()])
+            ref = torch.tensor([best // train.z.shape[-1], best % train.z.shape[-1]])
+            keep = cid == best
+        p = train[keep]
+        row_of = torch.full((n,), -1, dtype=torch.int64)
+        row_of[keep] = torch.arange(int(keep.sum()))
+        new = {
+            "train_z": p.z, "train_patch": p.patch, "train_elim": p.elim, "train_pullback": p.pullback,
+            "train_g_fs": p.g_fs, "train_weights": p.weights, "train_omega_sq": p.omega_sq,
+            "metric": p.g_fs.clone(), "coeff": torch.zeros_like(p.g_fs),
+            "labels": labels[keep] if labels is not None else torch.zeros(0, dtype=torch.int64), "row_of": row_of,
+        }
+        for k, v in new.items():
+            setattr(self, k, v.detach().clone().to(self._buffers[k].dtype).to(self._buffers[k].device))
+        self.kappa.fill_(float(kappa))
+        self.ref_chart.copy_(ref)
+        self.clustered.fill_(labels is not None)
+        self.pd_counts.zero_()
+        self.flow_steps.zero_()
+        self._reset_derived()
+        n_cl = int(self.labels.max()) + 1 if labels is not None and len(self.labels) else 0
+        self.cluster_steps = torch.zeros(n_cl, dtype=torch.int64)
+        h = torch.ones(self.n_train, dtype=torch.float64)
+        if self.normalize:  # h(x) = (sum over x's cluster, or all train points, of k(x, x'))^-1/2
+            for src in self.groups():
+                pts = self.rows(src)
+                h[src] = self._row_sums(pts, pts["z"]).rsqrt()
+        self.train_h = h
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in STATE_BUFFERS:  # the state's size is only known from the checkpoint
+            t = state_dict.get(prefix + name)
+            if t is not None and t.shape != self._buffers[name].shape:
+                self._buffers[name] = torch.empty_like(t, device=self._buffers[name].device)
+        self._reset_derived()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def rows(self, rows: torch.Tensor) -> dict:
+        """Chart data (z, patch, elim, pullback) of state rows."""
+        return {"z": self.train_z[rows], "patch": self.train_patch[rows], "elim": self.train_elim[rows],
+                "pullback": self.train_pullback[rows]}
+
+    def groups(self) -> list[torch.Tensor]:
+        """State rows of each cluster (clustered), or all rows."""
+        if self._groups is None:
+            if not bool(self.clustered):
+                self._groups = [torch.arange(self.n_train)]
+            else:
+                self._groups = [(self.labels == c).nonzero().flatten() for c in range(int(self.labels.max()) + 1)]
+        return self._groups
+
+    def _row_sums(self, tgt: dict, src_z: torch.Tensor) -> torch.Tensor:
+        """sum_{x'} k(x, x') over the sources, at the targets: [Nt] (> 0 required by normalize)."""
+        n = self.kernel.apply(tgt["z"], src_z, torch.ones(len(src_z), dtype=torch.float64), self.block)
+        if not (n > 0).all():
+            raise ValueError(f"normalize=True needs positive kernel row sums; kernel {self.kernel!r} gives {float(n.min())}")
+        return n
+
+    # ------------------------------------------------------------------ the kernel sum
+    def _cached_matrix(self, group: int | None) -> torch.Tensor | None:
+        """The kernel matrix of a cluster (group = its label) or of all train points (None), if ALL such
+        matrices fit in cache_mb together (a decision on sizes alone, so that resumed flows compute the same)."""
+        sizes = [len(g) ** 2 * 8 for g in self.groups()]
+        if self.cache_mb <= 0 or sum(sizes) > self.cache_mb * 2**20:
+            return None
+        key = -1 if group is None else group
+        if key not in self._cache:
+            rows = torch.arange(self.n_train) if group is None else self.groups()[group]
+            z = self.train_z[rows]
+            self._cache[key] = self.kernel.matrix(z, z, self.block)
+        return self._cache[key]
+
+    def kernel_sum(self, tgt: dict, src: dict, V: torch.Tensor, K: torch.Tensor | None = None,
+                   h_tgt: torch.Tensor | None = None, h_src: torch.Tensor | None = None) -> torch.Tensor:
+        """sum_{x'} k(x, x') V(x') at each target x, in x's own chart (how depends on chart_mode).
+
+        tgt, src: dicts with z, patch, elim, pullback; V [Ns, m, m] in the sources' charts (a gradient G or the
+        coefficients C). K [Nt, Ns]: the kernel matrix of the pair if known (else computed tile by tile).
+        h_tgt [Nt], h_src [Ns]: the normalisation factors (kernel h(x) h(x') k(x, x')), if any.
+        Returns [Nt, m, m], to be subtracted (times lr) from g.
+        """
+        if h_src is not None:
+            V = V * h_src.to(V.dtype)[:, None, None]
+        m = V.shape[-1]
+        if len(tgt["z"]) == 0 or len(src["z"]) == 0:
+            out = torch.zeros(len(tgt["z"]), m, m, dtype=torch.complex128)
+        else:
+            out = self._kernel_sum(tgt, src, V, K)
+        return out if h_tgt is None else out * h_tgt.to(out.dtype)[:, None, None]
+
+    def _kapply(self, tz, sz, V, K) -> torch.Tensor:
+        return real_matmul(K, V) if K is not None else self.kernel.apply(tz, sz, V, self.block)
+
+    def _kernel_sum(self, tgt: dict, src: dict, V: torch.Tensor, K) -> torch.Tensor:
+        if self.chart_mode == "ambient":
+            H = gradient_to_ambient(ambient_frame(src["z"], src["pullback"]), V)
+            S = self._kapply(tgt["z"], src["z"], H, K)
+            return hermitian_part(form_from_ambient(ambient_frame(tgt["z"], tgt["pullback"]), S))
+        if self.chart_mode == "transform":  # corrections moved to the receiving chart as forms (module doc)
+            n1 = tgt["z"].shape[-1]
+            cid, src_cid = tgt["patch"] * n1 + tgt["elim"], src["patch"] * n1 + src["elim"]
+            out = torch.empty(len(cid), *V.shape[1:], dtype=torch.complex128)
+            for c in torch.unique(cid).tolist():
+                sel = cid == c
+                Vc = V.clone()
+                move = src_cid != c
+                if move.any():
+                    pc, ec = torch.full_like(src["patch"][move], c // n1), torch.full_like(src["elim"][move], c % n1)
+                    T = chart_change(self.surface, src["z"][move], src["patch"][move], src["elim"][move], pc, ec)
+                    Vc[move] = form_to_chart(T, V[move])
+                out[sel] = self._kapply(tgt["z"][sel], src["z"], Vc, None if K is None else K[sel])
+            return hermitian_part(out)
+        # reject: the sources are all in the reference chart; components are added there
+        S = self._kapply(tgt["z"], src["z"], V, K)
+        pr, er = int(self.ref_chart[0]), int(self.ref_chart[1])
+        other = (tgt["patch"] != pr) | (tgt["elim"] != er)
+        if other.any():
+            po, eo = tgt["patch"][other], tgt["elim"][other]
+            T = chart_change(self.surface, tgt["z"][other], torch.full_like(po, pr), torch.full_like(eo, er), po, eo)
+            S[other] = form_to_chart(T, S[other])
+        return hermitian_part(S)
+
+    # ------------------------------------------------------------------ one flow step
+    def gradient(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(batch loss, G = dL/dg [|B|, m, m] Hermitian) at state rows, L the chosen metric loss with fixed kappa."""
+        batch = {"weights": self.train_weights[rows], "omega_sq": self.train_omega_sq[rows]}
+        with torch.enable_grad():
+            g = self.metric[rows].detach().clone().requires_grad_(True)
+            loss = losses_.METRIC_LOSSES[self.loss_name](g, batch, self.kappa)
+            obj = loss * len(rows) if self.reduction == "sum" else loss
+            (G,) = torch.autograd.grad(obj, g)
+        if not torch.isfinite(loss) or not torch.isfinite(torch.view_as_real(G)).all():
+            raise FloatingPointError(
+                f"the {self.loss_name} loss or its gradient is not finite at flow step {int(self.flow_steps)}: "
+                "lower lr or use pd_policy=backtrack"
+            )
+        return loss.detach(), hermitian_part(G)
+
+    def _update(self, targets: torch.Tensor, rows: torch.Tensor, G: torch.Tensor, cluster: int | None,
+                shard: bool) -> torch.Tensor:
+        """sum_{x' in rows} k(x, x') G(x') at the target rows; receiving rows shared out over DDP ranks if shard."""
+        world, rank, gather = self.distributed or (1, 0, None)
+        h_src = self.train_h[rows] if self.normalize else None
+        if cluster is None:
+            K = self._cached_matrix(None)
+            K = None if K is None else K[:, rows]
+        else:  # a whole cluster (the training loop's case) uses the cluster's matrix
+            K = self._cached_matrix(cluster) if torch.equal(rows, self.groups()[cluster]) else None
+        mine = targets
+        if shard and world > 1:
+            bounds = [len(targets) * r // world for r in range(world + 1)]
+            sel = slice(bounds[rank], bounds[rank + 1])
+            mine, K = targets[sel], None if K is None else K[sel]
+        h_tgt = self.train_h[mine] if self.normalize else None
+        part = self.kernel_sum(self.rows(mine), self.rows(rows), G, K, h_tgt, h_src)
+        return torch.cat(gather(part)) if shard and world > 1 else part
+
+    @torch.no_grad()
+    def flow_step(self, rows: torch.Tensor | None = None, shard: bool = True) -> dict:
+        """One step of eq. 2.12 with the batch B = state rows ``rows``.
+
+        Unclustered: every train point is updated from B (default B: all points). Clustered: B must be one
+        cluster and only its points are updated; rows=None takes one step on every cluster in turn.
+        The step size is lr * lr_step_decay^k, k = steps taken so far (by this cluster, when clustered).
+        Returns {"loss": batch loss before the step, "scale": step multiplier used, "backtracks", "clipped",
+        "skipped"} (summed over clusters for rows=None; loss and scale of the last).
+        """
+        if self.n_train == 0:
+            raise RuntimeError("the flow has no train points: call attach() (or fit with a datamodule) first")
+        clustered = bool(self.clustered)
+        if rows is None and clustered:
+            total = {"backtracks": 0, "clipped": 0, "skipped": 0}
+            for src in self.groups():
+                info = self.flow_step(src, shard)
+                for k in total:
+                    total[k] += info[k]
+            return {**info, **total}
+        rows = torch.arange(self.n_train) if rows is None else torch.as_tensor(rows, dtype=torch.int64).cpu()
+        info = {"loss": float("nan"), "scale": 0.0, "backtracks": 0, "clipped": 0, "skipped": 0}
+        if len(rows) == 0:
+            return info
+        cluster = None
+        if clustered:
+            cl = torch.unique(self.labels[rows])
+            if len(cl) != 1:
+                raise ValueError(f"a clustered flow step takes the points of one cluster, got clusters {cl.tolist()[:10]}")
+            cluster = int(cl[0])
+        k = int(self.cluster_steps[cluster]) if clustered else int(self.flow_steps)
+        lr = self.lr * self.lr_step_decay**k
+        loss, G = self.gradient(rows)
+        targets = rows if clustered else torch.arange(self.n_train)
+        g1, keep, scale = self._safe_step(targets, rows, G, lr, cluster, shard, info)
+        self.metric[targets] = g1
+        if keep.any():
+            self.coeff[rows[keep]] += (lr * scale) * G[keep]
+        self.flow_steps += 1
+        if clustered:
+            self.cluster_steps[cluster] += 1
+        self.pd_counts += torch.tensor([info["backtracks"], info["clipped"], info["skipped"]])
+        info.update(loss=float(loss), scale=scale if keep.any() else 0.0)
+        return info
+
+    def _safe_step(self, targets, rows, G, lr, cluster, shard, info):
+        """The new metric at the targets under the pd_policy: (g_new, sources kept [|B|] bool, step multiplier)."""
+        U = self._update(targets, rows, G, cluster, shard)
+        g0 = self.metric[targets]
+        keep = torch.ones(len(rows), dtype=torch.bool)
+
+        def refused(g_new):
+            return not_positive_definite(g_new - self.pd_margin * g0 if self.pd_margin else g_new)
+
+        scale = 1.0
+        g1 = g0 - lr * U
+        bad = refused(g1)
+        if not bad.any():
+            return g1, keep, scale
+        if self.pd_policy == "stop":
+            raise NotPositiveDefiniteError(
+                f"flow step {int(self.flow_steps)} (lr {lr:.4g}) would make the metric non-positive-definite at "
+                f"{int(bad.sum())} of {len(targets)} points (pd_policy=stop): lower lr, or use pd_policy=backtrack or clip"
+            )
+        if self.pd_policy == "backtrack":
+            for _ in range(self.max_backtracks):
+                scale /= 2
+                info["backtracks"] += 1
+                g1 = g0 - lr * scale * U
+                if not refused(g1).any():
+                    return g1, keep, scale
+            raise NotPositiveDefiniteError(
+                f"flow step {int(self.flow_steps)}: the metric is still not positive definite after halving the step "
+                f"{self.max_backtracks} times (pd_policy=backtrack): lower lr or raise max_backtracks"
+            )
+        for r in range(self.max_backtracks + 1):  # clip: leave out the gradient at the offending points
+            drop = keep & torch.isin(rows, targets[bad])
+            if not drop.any() or r == self.max_backtracks:
+                info["skipped"] = 1
+                return g0.clone(), torch.zeros_like(keep), scale
+            keep &= ~drop
+            info["clipped"] += int(drop.sum())
+            if not keep.any():
+                return g0.clone(), keep, scale
+            g1 = g0 - lr * self._update(targets, rows, G * keep[:, None, None], cluster, shard)
+            bad = refused(g1)
+            if not bad.any():
+                return g1, keep, scale
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # ------------------------------------------------------------------ prediction
+    @torch.no_grad()
+    def predict_metric(self, points: CYPoints | dict, use_state: bool = True) -> torch.Tensor:
+        """g = g_FS - sum_{x'} k(x, x') C(x') at any points (CYPoints or batch dict): -> [N, m, m].
+
+        Clustered: the sum runs over the cluster of the FS-nearest train point. Given exactly the train points,
+        the stored state is returned (``use_state``; the kernel expansion equals it to round-off).
+        """
+        d = points.as_batch() if isinstance(points, CYPoints) else points
+        d = {k: d[k].cpu() for k in ("z", "patch", "elim", "pullback", "g_fs")}
+        if self.n_train == 0:
+            return d["g_fs"].clone()
+        if use_state and len(d["z"]) == self.n_train and torch.equal(d["z"], self.train_z.cpu()):
+            return self.metric.cpu().clone()
+        if not bool(self.clustered):
+            return d["g_fs"] - self._predict_from(_chart_fields(d), torch.arange(self.n_train))
+        if self._index is None:
+            self._index = NearestIndex(self.train_z)
+        cl = self.labels[self._index.query(d["z"])[1]]
+        S = torch.empty_like(d["g_fs"])
+        for c in torch.unique(cl).tolist():
+            sel = cl == c
+            S[sel] = self._predict_from({k: v[sel] for k, v in _chart_fields(d).items()}, self.groups()[c])
+        return d["g_fs"] - S
+
+    def _predict_from(self, tgt: dict, src: torch.Tensor) -> torch.Tensor:
+        srcp = self.rows(src)
+        if not self.normalize:
+            return self.kernel_sum(tgt, srcp, self.coeff[src])
+        h_tgt = self._row_sums(tgt, srcp["z"]).rsqrt()
+        return self.kernel_sum(tgt, srcp, self.coeff[src], None, h_tgt, self.train_h[src])
+
+    def train_sigma(self) -> torch.Tensor:
+        """sigma of the state on the train points in the flow (cheap: no kernel)."""
+        return volume.sigma(self.train_weights, volume.real_det(self.metric), self.train_omega_sq)

@@ -1,0 +1,197 @@
+"""KernelFlow: the frozen-kernel metric flow (mflow.flows.kernel) as a LightningModule for train.py.
+
+Each training batch (a cluster with ClusteredDataModule, a slice of the train split with CYDataModule) is
+``steps_per_batch`` flow steps; the state lives in ``self.flow`` and goes into checkpoints. Under DDP the
+ranks hold the same state: clustered, every rank flows its own clusters and the updated rows are
+all-gathered (clusters are independent, so this is identical to one process); unclustered, the ranks'
+batches are gathered into one batch and the receiving points are shared out (identical to one process).
+"""
+from __future__ import annotations
+
+import torch
+
+from mflow.checks import integer
+from mflow.geometry import volume
+from mflow.geometry.points import CYPoints
+from mflow.kernels.analytic import DEFAULT_BLOCK
+from mflow.kernels.registry import kernel as make_kernel
+
+from .base import FlowModule, datamodule_of
+from .checkpoint import CheckpointError, install_checkpoint_io
+from .kernel import FrozenKernelFlow
+
+
+class KernelFlow(FlowModule):
+    """Frozen metric-NTK flow (eq. 2.12, 2.23) with a fixed kernel, as a LightningModule.
+
+    Args:
+        manifold, psi, ambient_n, surface_seed: the hypersurface (linked from the data config).
+        kernel: relu | cosine | gaussian | delta | empirical | scaled (mflow.kernels.registry); kernel_params: its
+            parameters, e.g. {depth: 1, sigma_w: 5.716, sigma_b: 80.52} (relu), {sigma: 30.0, inverse: true}
+            (gaussian), {kernel: gaussian, kernel_params: {sigma: 30.0, inverse: true}, h: det_g_fs, power: -0.25}
+            (scaled: the rescaling trick h(x) h(x') k(x, x'), eq. 2.16).
+        lr: step size of eq. 2.12; lr_step_decay: multiplicative factor per flow step (1: constant, as in the paper).
+        loss: a METRIC loss of mflow.losses (sigma, ultra_local_square, ultra_local_entropy, volume).
+        reduction: "mean": G = gradient of the batch loss as mflow.losses defines it (weighted mean over the batch,
+            the paper's sigma-loss); "sum": the batch size times that (the per-point gradient).
+        chart_mode: ambient (default) | transform | reject (mflow.flows.kernel).
+        pd_policy: backtrack | clip | stop; max_backtracks: halvings (backtrack) or rounds (clip) per step.
+        pd_margin: a step must keep g_new - pd_margin * g_old positive definite (0: plain positive definiteness).
+        normalize: use h(x) h(x') k(x, x') with h = (sum_{x' in the cluster / train set} k(x, x'))^-1/2
+            (eq. 2.15-2.16): the kernel's overall size and the number of points drop out of the step size.
+        steps_per_batch: flow steps taken on each training batch (cluster).
+        block: kernel tile size (memory O(block^2)).
+        cache_mb: keep the kernel matrices of the clusters (or of the train set) when they all fit in this many MiB.
+    """
+
+    kind = "kernel_flow"
+    has_derivatives = False  # the metric is not a differentiable network: no Ricci measure
+
+    def __init__(
+        self,
+        manifold: str = "fermat_quintic",
+        psi: float = 0.0,
+        ambient_n: int = 4,
+        surface_seed: int = 0,
+        kernel: str = "gaussian",
+        kernel_params: dict | None = None,
+        lr: float = 0.1,
+        lr_step_decay: float = 1.0,
+        loss: str = "sigma",
+        reduction: str = "mean",
+        chart_mode: str = "ambient",
+        pd_policy: str = "backtrack",
+        max_backtracks: int = 20,
+        pd_margin: float = 0.0,
+        normalize: bool = False,
+        steps_per_batch: int = 1,
+        block: int = DEFAULT_BLOCK,
+        cache_mb: float = 512.0,
+    ):
+        super().__init__(manifold, psi, ambient_n, surface_seed)
+        kernel_params = {} if kernel_params is None else dict(kernel_params)
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.kernel_name, self.kernel_params = kernel, kernel_params
+        try:
+            k = make_kernel(kernel, self.surface, **kernel_params)
+        except TypeError as e:
+            raise ValueError(f"bad kernel_params {kernel_params} for kernel {kernel!r}: {e}") from None
+        self.steps_per_batch = integer("steps_per_batch", steps_per_batch)
+        self.flow = FrozenKernelFlow(self.surface, k, lr, lr_step_decay, loss, reduction, chart_mode, pd_policy,
+                                     max_backtracks, pd_margin, normalize, block, cache_mb)
+        self.model = None  # no network (RunSummary, NTKDrift and evaluate.py look for one)
+        # a parameter that never moves (SGD with lr 0): Lightning then counts flow steps as global steps (step-based
+        # checkpoints and logging) and DDP has something to wrap
+        self._step_anchor = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
+
+    @property
+    def kappa(self) -> torch.Tensor:
+        return self.flow.kappa
+
+    def predict_metric(self, points: CYPoints | dict, use_state: bool = True) -> torch.Tensor:
+        return self.flow.predict_metric(points, use_state)
+
+    def initial_sigmas(self, dm) -> torch.Tensor:
+        """sigma of g_FS (the flow's starting metric) on the splits."""
+        return torch.stack([volume.sigma(p.weights, volume.real_det(p.g_fs), p.omega_sq) for p in (dm.train, dm.val, dm.test)])
+
+    # ------------------------------------------------------------------ Lightning
+    def setup(self, stage: str) -> None:
+        install_checkpoint_io(self.trainer)
+        dm = datamodule_of(self)
+        if dm is None:
+            return
+        if stage == "fit" and self.flow.n_train == 0:
+            self.flow.attach(dm.train, float(dm.kappa_fs), getattr(dm, "cluster_labels", None))
+            if self.flow.chart_mode == "reject":
+                kept = self.flow.n_train
+                print(f"[mflow] chart_mode=reject: {kept} of {len(dm.train)} train points are in the most common chart "
+                      f"(patch {int(self.flow.ref_chart[0])}, elim {int(self.flow.ref_chart[1])}) and take part")
+        elif torch.isnan(self.kappa):
+            self.kappa.fill_(float(dm.kappa_fs))
+
+    def _world(self) -> tuple[int, int]:
+        t = self._trainer
+        if t is None or t.world_size <= 1 or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+            return 1, 0
+        return t.world_size, t.global_rank
+
+    @staticmethod
+    def _all_gather_object(obj) -> list:
+        out = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        world, rank = self._world()
+        self.flow.distributed = (world, rank, self._all_gather_object) if world > 1 else None
+
+    def training_step(self, batch, batch_idx):
+        world, _ = self._world()
+        flow = self.flow
+        idx = batch["index"].cpu()
+        clustered = bool(flow.clustered)
+        if world > 1 and not clustered:  # one batch: the union of the ranks' batches
+            idx = torch.cat(self._all_gather_object(idx))
+        rows = flow.row_of[torch.unique(idx)].cpu() if len(idx) else idx
+        rows = rows[rows >= 0]
+        total = {"backtracks": 0, "clipped": 0, "skipped": 0}
+        loss = float("nan")
+        for s in range(self.steps_per_batch):
+            info = flow.flow_step(rows, shard=not clustered)
+            loss = info["loss"] if s == 0 else loss
+            for k in total:
+                total[k] += info[k]
+        if world > 1 and clustered:
+            self._share_clusters(rows, total)
+        opt = self.optimizers()
+        self.manual_backward(self._step_anchor.sum() * 0.0)  # lets DDP finish its (empty) reduction
+        opt.step()  # counts the global step; the anchor does not move
+        opt.zero_grad()
+        n = max(len(rows), 1)
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        for i, name in enumerate(("backtracks", "clipped_points", "skipped_steps")):
+            self.log(f"train/{name}", float(flow.pd_counts[i]), batch_size=n)
+        return None
+
+    def _share_clusters(self, rows: torch.Tensor, mine: dict) -> None:
+        """All-gather the clusters the ranks flowed (disjoint, so the order does not matter)."""
+        flow = self.flow
+        counts = torch.tensor([mine["backtracks"], mine["clipped"], mine["skipped"]])
+        done = self.steps_per_batch if len(rows) else 0
+        cl = int(flow.labels[rows[0]]) if len(rows) else -1
+        steps_cl = int(flow.cluster_steps[cl]) if len(rows) else 0
+        parts = self._all_gather_object((rows, flow.metric[rows], flow.coeff[rows], counts, done, cl, steps_cl))
+        flow.pd_counts -= counts
+        flow.flow_steps -= done
+        for r, g, c, cnt, n, cl, steps_cl in parts:
+            flow.metric[r], flow.coeff[r] = g, c
+            flow.pd_counts += cnt
+            flow.flow_steps += n
+            if cl >= 0:
+                flow.cluster_steps[cl] = steps_cl
+
+    def on_train_epoch_end(self) -> None:
+        s = self.flow.train_sigma()
+        self.log("train/sigma", s, prog_bar=True)
+        if not torch.isnan(self.initial_sigma[0]) and self.flow.chart_mode != "reject":
+            self.log("train/gain", self.initial_sigma[0] / s, prog_bar=True)
+
+    def configure_optimizers(self):
+        """The flow updates its state itself (manual optimisation); this no-op optimizer only counts steps."""
+        return torch.optim.SGD([self._step_anchor], lr=0.0)
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_meta(self) -> dict:
+        return {**super().checkpoint_meta(), "kernel": self.kernel_name, "kernel_params": dict(self.kernel_params),
+                "chart_mode": self.flow.chart_mode, "n_train": self.flow.n_train}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        meta = checkpoint["mflow"]
+        mine = (self.kernel_name, dict(self.kernel_params), self.flow.chart_mode)
+        theirs = (meta.get("kernel"), dict(meta.get("kernel_params") or {}), meta.get("chart_mode"))
+        if mine != theirs:
+            raise CheckpointError(f"the checkpoint is a flow with (kernel, params, chart_mode) = {theirs}, this model has {mine}")

@@ -1,0 +1,140 @@
+"""NetworkFlow: finite-width metric networks trained by gradient descent (eq. 2.2-2.5), the feature-learning baseline.
+
+No mathematics lives here: the model is mflow.models.metric, the losses mflow.losses, the linearisation
+mflow.ntk.linearized; this class wires them to Lightning (optimisation, logging, checkpoints).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from mflow import losses as losses_
+from mflow.geometry.forms import NotPositiveDefiniteError
+from mflow.geometry.points import CYPoints
+from mflow.models.metric import MetricModel
+from mflow.ntk.linearized import LinearizedModel
+
+from .base import FlowModule
+from .measures import WeightedMean
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+
+
+class NetworkFlow(FlowModule):
+    """Trains a metric network g_theta by gradient descent on a weighted sum of losses (eq. 2.2-2.5).
+
+    Args:
+        manifold, psi, ambient_n, surface_seed: the hypersurface (linked from the data config).
+        head: free | addfs | multfs | matrixfs | phifs.
+        depth, width, activation, parametrization, sigma_w, sigma_b, features, out_scale:
+            the network (mflow.models.metric.MetricModel).
+        loss_weights: weight per loss term; terms: sigma, ultra_local_square, ultra_local_entropy,
+            volume, kaehler, transition, ricci, two_derivative.
+        optimizer: adam (default) | sgd (plain gradient descent, the setting of the NTK theory: with sgd a
+            linearized model's step is exactly the discrete frozen metric-NTK flow, eq. 2.12).
+        lr: learning rate; lr_decay: multiplicative decay per epoch.
+        init_seed: seed of the network's initialisation (not the data's ``seed``, so that the two can differ).
+        linearize: train the first-order Taylor expansion of the network in its parameters at
+            initialisation (eq. 2.10, mflow.ntk.linearized.LinearizedModel) instead of the network: its
+            metric-NTK stays the initial one (eq. 2.11), the frozen-kernel limit at finite width.
+    """
+
+    kind = "network"
+
+    def __init__(
+        self,
+        manifold: str = "fermat_quintic",
+        psi: float = 0.0,
+        ambient_n: int = 4,
+        surface_seed: int = 0,
+        head: str = "multfs",
+        depth: int = 3,
+        width: int = 64,
+        activation: str = "gelu",
+        parametrization: str = "standard",
+        sigma_w: float = 1.0,
+        sigma_b: float = 0.0,
+        features: str = "chart",
+        out_scale: float = 0.01,
+        loss_weights: dict[str, float] | None = None,
+        optimizer: str = "adam",
+        lr: float = 1e-3,
+        lr_decay: float = 1.0,
+        init_seed: int = 0,
+        linearize: bool = False,
+    ):
+        super().__init__(manifold, psi, ambient_n, surface_seed)
+        loss_weights = {"sigma": 1.0} if loss_weights is None else loss_weights
+        self.save_hyperparameters()
+        if not (lr > 0 and math.isfinite(lr)) or not (0 < lr_decay <= 1):
+            raise ValueError(f"need lr > 0 and 0 < lr_decay <= 1, got lr={lr}, lr_decay={lr_decay}")
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {sorted(OPTIMIZERS)}")
+        self.loss_weights = losses_.check_weights(loss_weights)
+        with torch.random.fork_rng():
+            torch.manual_seed(init_seed)
+            self.model = MetricModel(
+                self.surface, head, depth, width, activation, parametrization, sigma_w, sigma_b, features, out_scale
+            )
+        if linearize:
+            self.model = LinearizedModel(self.model)
+        self.register_buffer("kappa", torch.tensor(float("nan"), dtype=torch.float64))
+        self.val_loss = WeightedMean()
+
+    # ------------------------------------------------------------------ the metric
+    def metric(self, batch: dict) -> torch.Tensor:
+        return self.model(batch["z"], batch["patch"], batch["elim"])
+
+    @torch.no_grad()
+    def predict_metric(self, points: CYPoints | dict, block: int = 8192) -> torch.Tensor:
+        """g at every point (CYPoints or batch dict), block by block: -> [N, n-1, n-1] on the CPU."""
+        b = points.as_batch() if isinstance(points, CYPoints) else points
+        n = len(b["z"])
+        out = [self.metric({k: b[k][i : i + block].to(self.device) for k in ("z", "patch", "elim")}).cpu()
+               for i in range(0, n, block)]
+        return torch.cat(out) if out else torch.zeros(0, self.surface.dim, self.surface.dim, dtype=torch.complex128)
+
+    # ------------------------------------------------------------------ steps
+    def _checked_metric(self, batch: dict) -> torch.Tensor:
+        g = self.metric(batch)
+        _, info = torch.linalg.cholesky_ex(g.detach())
+        if (info > 0).any():
+            raise NotPositiveDefiniteError(
+                f"the metric is not positive definite at {int((info > 0).sum())} of {len(g)} points "
+                f"(step {self.global_step}); lower the learning rate or out_scale, or add a volume loss"
+            )
+        return g
+
+    def training_step(self, batch, batch_idx):
+        g = self._checked_metric(batch)
+        loss, parts = losses_.total_loss(self.model, batch, self.kappa, self.loss_weights, g=g)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"the loss is {float(loss)} at step {self.global_step} (terms: "
+                f"{ {k: float(v) for k, v in parts.items()} }); lower the learning rate"
+            )
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(g))
+        for k, v in parts.items():
+            self.log(f"train/{k}", v, batch_size=len(g))
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        with torch.enable_grad():
+            g = self._checked_metric(batch)
+            loss, _ = losses_.total_loss(self.model, batch, self.kappa, self.loss_weights, g=g)
+        self.evaluation_step(batch, "val", g.detach())
+        self.val_loss.update(loss.detach(), batch["weights"].sum())
+
+    def on_validation_epoch_end(self):
+        self.log_evaluation("val")
+        self.log("val/loss", self.val_loss.compute())
+        self.val_loss.reset()
+
+    def test_step(self, batch, batch_idx):
+        self.evaluation_step(batch, "test", self.metric(batch).detach())
+
+    def configure_optimizers(self):
+        opt = OPTIMIZERS[self.hparams.optimizer](self.model.parameters(), lr=self.hparams.lr)
+        sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=self.hparams.lr_decay)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

@@ -1,0 +1,93 @@
+"""Hermitian (1,1) forms on X: algebra, chart changes and the ambient frame (REFERENCE.md section 1).
+
+A metric (or a metric correction) g_ab in a chart (patch, elim) is a (1,1) form; the gradient G = dL/dg of
+a loss is its dual. Under a change of chart at the same point, with T_ab = dx^from_b / dx^to_a,
+
+    forms      g_to = T g_from T^H,        gradients  G_to = T^-H G_from T^-1,
+
+so that the pairing Re tr(G^H dg) (the first-order change of the loss) is chart-independent.
+The ambient frame F = J conj(P) / (|z| sqrt(pi)) (P = 1 - u u^H the horizontal projector) lifts the
+chart's coordinate vectors to C^{n+1}: F F^H = g_FS, and F^H G F, F H F^H move between chart and
+ambient (n+1)x(n+1) Hermitian forms without any chart Jacobian.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import charts
+
+
+def dagger(a: torch.Tensor) -> torch.Tensor:
+    """Conjugate transpose of the last two axes."""
+    return a.conj().transpose(-1, -2)
+
+
+def hermitian_part(a: torch.Tensor) -> torch.Tensor:
+    """(a + a^H) / 2."""
+    return (a + dagger(a)) / 2
+
+
+def pairing(G: torch.Tensor, dg: torch.Tensor) -> torch.Tensor:
+    """Re tr(G^H dg), the first-order change of the loss for a metric change dg: [..., m, m] x2 -> [...].
+
+    (G is torch's gradient of a real loss w.r.t. complex g, dL = Re sum conj(G_ij) dg_ij; for Hermitian G
+    this is tr(G dg) = tr(G'^T dg) with G' = dL/dg the Wirtinger derivative.)
+    """
+    return (G.conj() * dg).sum((-1, -2)).real
+
+
+class NotPositiveDefiniteError(FloatingPointError):
+    """A metric stopped being positive definite."""
+
+
+def not_positive_definite(g: torch.Tensor) -> torch.Tensor:
+    """True where a Hermitian g is not (numerically) positive definite or not finite: [N, m, m] -> [N]."""
+    _, info = torch.linalg.cholesky_ex(g)
+    return (info != 0) | ~torch.isfinite(torch.view_as_real(g)).flatten(1).all(1)
+
+
+def chart_frame(surface, z: torch.Tensor, patch: torch.Tensor, elim: torch.Tensor):
+    """The points z (any scaling, z_patch != 0) in chart (patch, elim): (z with z_patch = 1, pullback J [N, m, n+1])."""
+    zc = charts.to_patch(z, patch)
+    return zc, charts.pullback(surface.gradient(zc), patch, elim)
+
+
+def chart_change(surface, z, patch_from, elim_from, patch_to, elim_to) -> torch.Tensor:
+    """T [N, m, m] between two charts at the same points, g_to = T g_from T^H (T_ab = dx^from_b / dx^to_a)."""
+    zt, Jt = chart_frame(surface, z, patch_to, elim_to)
+    return charts.chart_jacobian(zt, Jt, patch_from, charts.local_indices(patch_from, elim_from, z.shape[-1]))
+
+
+def form_to_chart(T: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """A (1,1) form (metric, metric correction): g_to = T g_from T^H."""
+    return T @ g @ dagger(T)
+
+
+def gradient_to_chart(T: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+    """A gradient dL/dg, dual to forms: G_to = T^-H G_from T^-1 (keeps Re tr(G^H dg) invariant)."""
+    Ti = torch.linalg.inv(T)
+    return dagger(Ti) @ G @ Ti
+
+
+def ambient_frame(z: torch.Tensor, J: torch.Tensor) -> torch.Tensor:
+    """F = J conj(P) / (|z| sqrt(pi)), P = 1 - z z^H / |z|^2: [N, n+1], [N, m, n+1] -> [N, m, n+1].
+
+    Rows: the chart's coordinate vectors lifted horizontally to the unit sphere, so F F^H = g_FS and a
+    change of chart at the same point gives F_to = e^{i phi} T F_from (phase from the rescaling of z).
+    """
+    r2 = (z.abs() ** 2).sum(-1)
+    eye = torch.eye(z.shape[-1], dtype=z.dtype, device=z.device)
+    pbar = eye - z.conj()[..., :, None] * z[..., None, :] / r2[..., None, None]
+    return J @ pbar / torch.sqrt(math.pi * r2)[..., None, None]
+
+
+def gradient_to_ambient(F: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+    """F^H G F: [N, m, m] -> [N, n+1, n+1], chart-independent."""
+    return dagger(F) @ G @ F
+
+
+def form_from_ambient(F: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
+    """F H F^H: [N, n+1, n+1] -> [N, m, m] in the chart of F."""
+    return F @ H @ dagger(F)
