@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from mflow.geometry import perelman as P  # noqa: E402
 from mflow.geometry.hypersurface import manifold  # noqa: E402
 from mflow.geometry.points import sample  # noqa: E402
-from mflow.io import atomic_write, write_json  # noqa: E402
+from mflow.io import pyplot, write_json, write_png  # noqa: E402
 from mflow.kernels.analytic import CosineNTK
 from mflow.models.cosine import CosineNet  # noqa: E402
 from mflow.models.metric import MetricModel  # noqa: E402
@@ -135,11 +135,8 @@ def lazy_drift(widths, seeds=2, steps=100, lr=0.1, n_train=64, n_probe=16) -> di
     return {"widths": list(widths), "relative_drift": drift, "fit": power_fit(widths, drift)}
 
 
-def figure(a, b, c, d, e, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def figure(a, b, c, d, e):
+    plt = pyplot()
 
     fig, ax = plt.subplots(2, 3, figsize=(16, 8.5))
 
@@ -173,8 +170,7 @@ def figure(a, b, c, d, e, path) -> None:
            "(e) lazy NTK drift after 100 SGD steps (toy net)")
     ax[1, 2].axis("off")
     fig.tight_layout()
-    fig.savefig(path, format="png", dpi=100)
-    plt.close(fig)
+    return fig
 
 
 def main(argv=None) -> dict:
@@ -188,7 +184,7 @@ def main(argv=None) -> dict:
     c = local_limit([4, 8, 16] if opts.quick else [2, 4, 8, 16, 32, 64])
     d = ricci_step()
     e = lazy_drift([64, 256] if opts.quick else [64, 256, 1024, 4096])
-    atomic_write(opts.out / "theory.png", lambda tmp: figure(a, b, c, d, e, tmp))
+    write_png(opts.out / "theory.png", figure(a, b, c, d, e), dpi=100)
     numbers = {"cosine_net_ntk": a, "relu_metric_ntk_at_init": b, "local_limit": c,
                "ricci_step": {k: v for k, v in d.items() if not torch.is_tensor(v)}, "lazy_ntk_drift": e}
     write_json(opts.out / "theory.json", numbers)

@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from mflow.cli.train import main as train  # noqa: E402
 from mflow.evaluation import fit_power_law  # noqa: E402
-from mflow.io import atomic_write, write_json  # noqa: E402
+from mflow.io import atomic_write, pyplot, write_json, write_png  # noqa: E402
 from mflow.callbacks import NTKDrift  # noqa: E402
 
 REQUIRED = ("widths", "args", "arms")
@@ -157,12 +157,9 @@ def table(a: dict, arms: list[str]) -> str:
     return "\n".join(rows) + "\n\n" + "; ".join(fits) + "\n"
 
 
-def figure(a: dict, arms: list[str], path) -> None:
+def figure(a: dict, arms: list[str]):
     """Left: test-sigma gain against width per arm. Right: NTK drift and init-vs-analytic distance, log-log, with fits."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     w = a["widths"]
     color = {arm: f"C{i}" for i, arm in enumerate(arms)}  # one colour per arm in both panels
@@ -194,8 +191,7 @@ def figure(a: dict, arms: list[str], path) -> None:
     right.set_title("NTK drift (full budget; early: triangles); kernel at init")
     right.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, format="png", dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def main(argv=None) -> dict:
@@ -229,7 +225,7 @@ def main(argv=None) -> dict:
     write_json(opts.out / "width_study.json", a)
     md = table(a, arms)
     atomic_write(opts.out / "width_study.md", lambda tmp: Path(tmp).write_text(md))
-    atomic_write(opts.out / "width_study.png", lambda tmp: figure(a, arms, tmp))
+    write_png(opts.out / "width_study.png", figure(a, arms), dpi=110)
     print(md)
     return a
 

@@ -97,6 +97,22 @@ def test_implementations_agree_for_every_head(quintic, xa, xb, head):
         _close(ntk.metric_ntk(m, xa, xb, kind="trace", method="structured"), cross[:, :, idx, idx].sum(-1))
 
 
+@pytest.mark.parametrize("method", ["jacobian", "vp", "structured"])
+def test_metric_ntk_fn_is_the_kernel_as_a_function_of_points_and_parameters(quintic, xa, xb, method):
+    """neural-tangents' empirical_ntk_fn style: fixed kind and method, (xa, xb, params) -> kernel; parameters other
+    than the model's current ones give the kernel there (checked against the model moved to them)."""
+    m = _model(quintic, "multfs")
+    fn = ntk.metric_ntk_fn(m, kind="diagonal", method=method)
+    _close(fn(xa, xb), ntk.metric_ntk(m, xa, xb, kind="diagonal", method="jacobian"))
+    moved = {k: v + 0.1 * torch.randn_like(v) for k, v in ntk.trainable(m).items()}
+    other = _model(quintic, "multfs")
+    other.load_state_dict(moved, strict=False)
+    _close(fn(xa, params=moved), ntk.metric_ntk(other, xa, kind="diagonal", method="jacobian"))
+    assert not torch.allclose(fn(xa, params=moved), fn(xa))
+    with pytest.raises(ValueError, match="unknown method"):
+        ntk.metric_ntk_fn(m, method="fast")
+
+
 def test_kernel_matches_finite_difference_jacobian(quintic, xa):
     m = _model(quintic, "multfs", depth=1, width=3, out_scale=0.5)
     p = xa[:3]

@@ -4,6 +4,7 @@ The schema is checked here (wandb's own validator needs the optional `sweeps` pa
 installed). The command line is built with wandb's agent code (wandb.sdk.launch.sweeps.utils), exactly as
 `wandb agent` builds it, and run in-process through mflow.cli.main.
 """
+import json
 import math
 import random
 from pathlib import Path
@@ -12,7 +13,6 @@ import pytest
 import torch
 import yaml
 
-from mflow.callbacks import RunSummary
 from mflow.cli.train import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -159,30 +159,20 @@ def test_the_checker_refuses_broken_sweeps():
         check_sweep({**good, "command": ["${env}", "${interpreter}", "${program}"]})
 
 
-def _ricci_if_differentiable(original):
-    # RunSummary computes a Ricci measure, which needs a differentiable metric network; kernel flows have none
-    # (KernelFlow.has_derivatives = False). Until RunSummary checks that itself, skip it for such modules here.
-    def _ricci(self, module, points):
-        if not getattr(module, "has_derivatives", True) or getattr(module, "model", None) is None:
-            return None
-        return original(self, module, points)
-
-    return _ricci
-
-
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
-def test_agent_command_runs_train_py_with_the_sampled_values(path, tmp_path, monkeypatch):
-    monkeypatch.setattr(RunSummary, "_ricci", _ricci_if_differentiable(RunSummary._ricci))
+@pytest.mark.parametrize("trial", [0, 1])
+def test_agent_command_runs_train_py_with_the_sampled_values(path, trial, tmp_path):
     cfg = load(path)
-    values = {k: sample_value(spec, random.Random(f"{path.name}:{k}")) for k, spec in cfg["parameters"].items()}
+    values = {k: sample_value(spec, random.Random(f"{path.name}:{k}:{trial}")) for k, spec in cfg["parameters"].items()}
     cmd = agent_command(cfg, values)
     assert cmd[:3] == ["/usr/bin/env", "python", "train.py"]
     for k, v in values.items():
         assert f"--{k}={v}" in cmd  # the `--name=value` form of ${args}
     args = cmd[3:] + [
-        "--trainer.fast_dev_run=1", "--data.n_points=600", "--wandb=disabled", f"--run_dir={tmp_path / 'run'}",
+        "--trainer.fast_dev_run=1", "--data.n_points=600", f"--run_dir={tmp_path / 'run'}",
         f"--data.cache_dir={tmp_path / 'data'}", "--trainer.enable_progress_bar=false",
     ]
+    args = [a for a in args if not a.startswith("--wandb=")] + ["--wandb=disabled"]  # no W&B account in tests
     torch.set_num_threads(1)
     trainer = main(args)
     assert trainer.state.finished
@@ -193,4 +183,8 @@ def test_agent_command_runs_train_py_with_the_sampled_values(path, tmp_path, mon
         assert got == v and type(got) is type(v), f"{k}: sampled {v!r}, train.py got {got!r}"
     config_arg = next((c for c in cmd if c.startswith("--config=")), None)
     if config_arg and "kernel" in config_arg:
-        assert type(module).__name__ == "KernelFlow"
+        assert type(module).__name__ == "KernelFlow" and module.kernel_params["inverse"] is True  # sigma: inverse width
+    else:
+        assert not any(type(c).__name__ == "NTKDrift" for c in trainer.callbacks)  # sweeps do not pay for NTKDrift
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert cfg["metric"]["name"] == "val/sigma" and summary["sigma_final"]["val"] > 0  # the sweep metric is reported

@@ -5,9 +5,8 @@ import time
 from pathlib import Path
 
 import lightning as L
-import torch
 
-from mflow.geometry import curvature, volume
+from mflow.geometry import curvature
 from mflow.io import write_json
 
 from .drift import NTKDrift
@@ -73,14 +72,7 @@ class RunSummary(L.Callback):
     def _ricci(self, module, points):
         if self.ricci_points <= 0 or not getattr(module, "has_derivatives", True) or getattr(module, "model", None) is None:
             return None
-        p = points[: self.ricci_points].to(module.device)
-        with torch.enable_grad():
-            ric = curvature.ricci_form(module.model, p.z, p.patch, p.elim, p.pullback)
-            g = module.model(p.z, p.patch, p.elim)
-        scalar = curvature.ricci_scalar(g.detach(), ric.detach()).cpu()
-        det = volume.real_det(g.detach().cpu())
-        p = p.to("cpu")
-        return float(curvature.ricci_measure(p.weights, det, p.omega_sq, scalar, module.surface.dim))
+        return curvature.ricci_measure_on(module.model, points[: self.ricci_points].to(module.device), module.surface.dim)[0]
 
 
 def ran_optimizer(trainer) -> dict | None:

@@ -30,12 +30,9 @@ def ricci_measures(ck: LoadedCheckpoint, points: CYPoints, k: int) -> dict | Non
     for s in (ck.surface, getattr(ck.module, "surface", ck.surface)):
         s.gradient(p.z[:1])  # fills the surface's cached derivative terms outside torch.func's transforms
     for name, fn in (("model", model), ("fs", curvature.fs_metric_fn(ck.surface))):
-        with torch.enable_grad():
-            ric = curvature.ricci_form(fn, p.z, p.patch, p.elim, p.pullback)
-            g = fn(p.z, p.patch, p.elim)
-        ric, g = ric.detach(), g.detach()
-        scalar = curvature.ricci_scalar(g, ric)
-        out[name] = float(curvature.ricci_measure(p.weights, volume.real_det(g), p.omega_sq, scalar, ck.surface.dim))
+        out[name], used = curvature.ricci_measure_on(fn, p, ck.surface.dim)
+        if name == "model":
+            out["n_positive_definite"] = used
     return out
 
 

@@ -327,7 +327,7 @@ def evaluate(
         "noise": {
             "gaussian": "N(0, variance) on Re and Im of each homogeneous coordinate of the train point (patch scaling "
                         "z_patch = 1); chart re-chosen at the noised point" + (" (kept: --keep-chart)" if keep_chart else "")
-                        + "; dp, |Omega|^2 = 1/|dp/dz_elim|^2, J, g_FS and weights at the noised point (mflow.noise)",
+                        + "; dp, |Omega|^2 = 1/|dp/dz_elim|^2, J, g_FS and weights at the noised point (mflow.evaluation.noise)",
             "manifold": "random unit tangent step of FS length s from the train point, Newton projection onto X "
                         "(relative |p| <= 1e-10), s rescaled until the FS distance to the train point is within 2% "
                         "(accepted within 10%) of the requested one",

@@ -210,8 +210,9 @@ class FrozenKernelFlow(nn.Module):
         h = torch.ones(self.n_train, dtype=torch.float64)
         if self.normalize:  # h(x) = (sum over x's cluster, or all train points, of k(x, x'))^-1/2
             for src in self.groups():
-                pts = self.rows(src)
-                h[src] = self._row_sums(pts, pts["z"]).rsqrt()
+                if len(src):  # (a cluster can be empty of points in the reference chart, reject mode)
+                    pts = self.rows(src)
+                    h[src] = self._row_sums(pts, pts["z"]).rsqrt()
         self.train_h = h
         return self
 
@@ -460,7 +461,7 @@ class FrozenKernelFlow(nn.Module):
 
     def _predict_from(self, tgt: dict, src: torch.Tensor) -> torch.Tensor:
         srcp = self.rows(src)
-        if not self.normalize:
+        if not self.normalize or len(src) == 0:
             return self.kernel_sum(tgt, srcp, self.coeff[src])
         h_tgt = self._row_sums(tgt, srcp["z"]).rsqrt()
         return self.kernel_sum(tgt, srcp, self.coeff[src], None, h_tgt, self.train_h[src])

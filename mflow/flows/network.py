@@ -120,8 +120,9 @@ class NetworkFlow(FlowModule):
         return loss
 
     def validation_step(self, batch, batch_idx):
+        """sigma, the loss and the non-positive-definite count (val/not_pd: validation reports, training refuses)."""
         with torch.enable_grad():
-            g = self._checked_metric(batch)
+            g = self.metric(batch)
             loss, _ = losses_.total_loss(self.model, batch, self.kappa, self.loss_weights, g=g)
         self.evaluation_step(batch, "val", g.detach())
         self.val_loss.update(loss.detach(), batch["weights"].sum())

@@ -16,7 +16,8 @@ from torch.func import grad, jacrev
 
 from . import charts
 from .hypersurface import Hypersurface
-from .volume import log_det
+from .forms import not_positive_definite
+from .volume import log_det, real_det
 
 MetricFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -97,3 +98,17 @@ def ricci_measure(weights, det_g, omega_sq, scalar, dim: int) -> torch.Tensor:
     dvol_k = weights * det_g / omega_sq
     vol_k, vol_cy = dvol_k.mean(), weights.mean()
     return vol_k ** (1.0 / dim) / vol_cy * (dvol_k * scalar.abs()).mean()
+
+
+def ricci_measure_on(metric_fn: MetricFn, points, dim: int) -> tuple[float, int]:
+    """The Ricci measure of a metric function on a point set (CYPoints), over the points where the metric is
+    positive definite (log det g needs it): -> (measure, number of points used)."""
+    g = metric_fn(points.z, points.patch, points.elim).detach()
+    ok = ~not_positive_definite(g)
+    p = points[ok]
+    if len(p) == 0:
+        return float("nan"), 0
+    with torch.enable_grad():
+        ric = ricci_form(metric_fn, p.z, p.patch, p.elim, p.pullback).detach()
+    scalar = ricci_scalar(g[ok], ric)
+    return float(ricci_measure(p.weights, real_det(g[ok]), p.omega_sq, scalar, dim)), len(p)
