@@ -39,15 +39,6 @@ LINKED = ("manifold", "psi", "ambient_n", "surface_seed")
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "conf" / "default.yaml"
 
 
-def default_threads(model_class: str, batch_size: int) -> int:
-    """torch CPU threads when --num_threads is not given (README "Threads"): one for networks at small batches
-    (thread start-up costs more than the small matrix products gain), every core for kernel flows and large batches."""
-    cores = torch.get_num_threads()
-    if model_class.endswith("KernelFlow") or batch_size >= 1024:
-        return cores
-    return 1
-
-
 class RunConfig(SaveConfigCallback):
     """Writes the full configuration to <run dir>/config.yaml (atomically), where --resume finds it."""
 
@@ -75,15 +66,17 @@ class MflowCLI(LightningCLI):
                             help="mflow's logger: offline (default) | online | disabled (CSV); not with --trainer.logger")
         parser.add_argument("--test", type=bool, default=True, help="run the test split after fit")
         parser.add_argument("--num_threads", type=int | None, default=None,
-                            help="torch CPU threads (default: 1 for networks at batch < 1024, all cores otherwise)")
+                            help="torch CPU threads (default: torch's, all cores: fastest for every job measured, "
+                                 "bench/bench_threads.py)")
         parser.add_argument("--checkpoint_every_n_steps", type=int, default=200,
                             help="last.ckpt is rewritten this often (mid-epoch resume)")
 
     def before_instantiate_classes(self):
         cfg = self.config
         model_class = cfg.model.class_path
-        cfg.num_threads = cfg.num_threads or default_threads(model_class, int(cfg.data.init_args.get("batch_size") or 0))
-        torch.set_num_threads(cfg.num_threads)
+        if cfg.num_threads is not None:
+            torch.set_num_threads(cfg.num_threads)
+        cfg.num_threads = torch.get_num_threads()  # recorded in config.yaml
         user_logger = cfg.trainer.logger not in (None, False)
         if user_logger and cfg.wandb is not None:
             raise ValueError("--wandb sets mflow's own logger; with --trainer.logger give your loggers there (a "

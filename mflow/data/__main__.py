@@ -11,6 +11,7 @@ import torch
 from mflow.geometry.hypersurface import PRESETS, surface_from_args
 from mflow.geometry.volume import kappa, real_det, sigma
 
+from .population import POPULATIONS
 from .pointset import DEFAULT_CHUNK, PointSetError, load_pointset, sample_pointset, save_pointset
 
 
@@ -25,10 +26,11 @@ def cmd_sample(a: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     print(f"sampling {a.n} points on {surface.name} (P^{surface.n}, fingerprint {surface.fingerprint()}), seed {a.seed}",
           flush=True)
-    points = sample_pointset(surface, a.n, a.seed, chunk_size=a.chunk_size, progress=a.n > a.chunk_size)
+    points = sample_pointset(surface, a.n, a.seed, chunk_size=a.chunk_size, progress=a.n > a.chunk_size,
+                             population=a.population)
     t_sample = time.perf_counter() - t0
     path = save_pointset(a.out, points, surface, seed=a.seed, val_fraction=a.val_fraction,
-                         extra={"n_requested": a.n, "chunk_size": a.chunk_size})
+                         extra={"n_requested": a.n, "chunk_size": a.chunk_size, "population": a.population})
     k, s = _fs_summary(points)
     print(f"wrote {path}: {len(points)} points, kappa(FS) = {k:.6g}, sigma(FS) = {s:.4f}, "
           f"sampled in {t_sample:.2f} s, total {time.perf_counter() - t0:.2f} s")
@@ -66,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--psi", type=float, default=0.0, help="Dwork parameter psi (manifold dwork; default 0)")
     s.add_argument("--ambient-n", type=int, default=4, help="P^n of manifold random (default 4)")
     s.add_argument("--surface-seed", type=int, default=0, help="coefficient seed of manifold random (default 0)")
+    s.add_argument("--population", default="all_charts", choices=POPULATIONS,
+                   help="all_charts (default) or one_chart: the points of the most common chart only (the paper's sec. 3.1)")
     s.add_argument("--val-fraction", type=float, default=0.1, help="cymetric X_val/y_val fraction (default 0.1)")
     s.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK,
                    help=f"points sampled per chunk (memory bound; part of the seed's meaning; default {DEFAULT_CHUNK})")

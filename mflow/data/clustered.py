@@ -38,6 +38,7 @@ class ClusteredDataModule(CYDataModule):
         ambient_n: int = 4,
         surface_seed: int = 0,
         n_points: int = 100_000,
+        population: str = "all_charts",
         seed: int = 0,
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,
@@ -53,7 +54,8 @@ class ClusteredDataModule(CYDataModule):
         cluster_seed: int | None = None,
     ):
         super().__init__(
-            manifold=manifold, psi=psi, ambient_n=ambient_n, surface_seed=surface_seed, n_points=n_points, seed=seed,
+            manifold=manifold, psi=psi, ambient_n=ambient_n, surface_seed=surface_seed, n_points=n_points,
+            population=population, seed=seed,
             val_fraction=val_fraction, test_fraction=test_fraction, batch_size=batch_size, path=path,
             cache=cache, cache_dir=cache_dir, num_workers=num_workers,
         )

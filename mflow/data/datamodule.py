@@ -23,6 +23,7 @@ from mflow.geometry.hypersurface import Hypersurface, NotCalabiYauError, PRESETS
 from mflow.geometry.points import CYPoints
 from mflow.geometry.volume import kappa, real_det
 
+from .population import check_population
 from .samplers import ResumableLoader, ShardedBatchSampler
 from .pointset import (
     DEFAULT_CHUNK,
@@ -62,6 +63,8 @@ class CYDataModule(L.LightningDataModule):
         ambient_n: ambient P^n of manifold="random" (degree n+1 with all monomials).
         surface_seed: coefficient seed of manifold="random".
         n_points: number of points to sample (ignored when path is given).
+        population: all_charts (default) | one_chart (the points of the most common chart only, the paper's
+            rejection sampling; mflow.data.population). A file's points keep the population they were sampled with.
         seed: sampling seed, and seed of the train/val/test split and of train shuffling.
         val_fraction: fraction of the points held out for validation.
         test_fraction: fraction of the points held out for testing.
@@ -81,6 +84,7 @@ class CYDataModule(L.LightningDataModule):
         ambient_n: int = 4,
         surface_seed: int = 0,
         n_points: int = 100_000,
+        population: str = "all_charts",
         seed: int = 0,
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,
@@ -114,6 +118,7 @@ class CYDataModule(L.LightningDataModule):
             raise ValueError(f"batch_size={batch_size}: must be a positive integer")
         if num_workers < 0:
             raise ValueError(f"num_workers={num_workers}: must be >= 0")
+        self.population = check_population(population)
         self.manifold, self.n_points, self.seed = manifold, n_points, seed
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.batch_size, self.num_workers = batch_size, num_workers
@@ -129,11 +134,13 @@ class CYDataModule(L.LightningDataModule):
         """Where the sampled set is cached (None without cache_dir or when loading path)."""
         if self.path is not None or not self.cache:
             return None
-        name = f"{self.surface.name}-{self.surface.fingerprint()}-n{self.n_points}-seed{self.seed}.npz"
+        tag = "" if self.population == "all_charts" else f"-{self.population}"
+        name = f"{self.surface.name}-{self.surface.fingerprint()}-n{self.n_points}{tag}-seed{self.seed}.npz"
         return Path(self.cache_dir) / name
 
     def _sample(self):
-        return sample_pointset(self.surface, self.n_points, self.seed, progress=self.n_points > 200_000)
+        return sample_pointset(self.surface, self.n_points, self.seed, progress=self.n_points > 200_000,
+                               population=self.population)
 
     def prepare_data(self) -> None:
         """Sample and cache the point set if it is not cached yet (Lightning runs this on one process per node)."""
@@ -143,18 +150,26 @@ class CYDataModule(L.LightningDataModule):
                 raise FileNotFoundError(f"path={self.path!r} does not exist")
         elif cp is not None and not cp.exists():
             save_pointset(
-                cp, self._sample(), self.surface, seed=self.seed, extra={"n_requested": self.n_points, "chunk_size": DEFAULT_CHUNK}
+                cp, self._sample(), self.surface, seed=self.seed,
+                extra={"n_requested": self.n_points, "chunk_size": DEFAULT_CHUNK, "population": self.population}
             )
             print(f"[mflow] sampled {self.n_points} points, cached in {cp} (--data.cache=false samples in memory instead)")
 
     def _load_points(self) -> CYPoints:
         if self.path is not None:
             if is_cymetric_file(self.path):
+                if self.population != "all_charts":
+                    raise PointSetError(f"{self.path} is a cymetric file: its points are used as they are (population all_charts)")
                 return load_cymetric(self.path, self.surface)
             try:
-                return load_pointset(self.path, self.surface).points
+                ps = load_pointset(self.path, self.surface)
             except PointSetError as e:
-                raise PointSetError(f"{e}\n(check manifold / psi / ambient_n / surface_seed match the file)") from e
+                raise PointSetError(f"{e} (check manifold / psi / ambient_n / surface_seed match the file)") from e
+            stored = ps.metadata.get("population", "all_charts")
+            if stored != self.population:
+                raise PointSetError(f"{self.path} holds {stored} points, but population={self.population}: set "
+                                    f"data.population={stored} (a file's points keep the population they were sampled with)")
+            return ps.points
         cp = self.cache_path
         if cp is None:
             return self._sample()
@@ -165,11 +180,13 @@ class CYDataModule(L.LightningDataModule):
         except PointSetError as e:
             raise PointSetError(f"invalid cached point set: {e}\nDelete {cp} and rerun to resample it.") from e
         meta = ps.metadata
-        if (meta.get("seed"), meta.get("n_requested"), meta.get("chunk_size")) != (self.seed, self.n_points, DEFAULT_CHUNK):
+        wanted = (self.seed, self.n_points, DEFAULT_CHUNK, self.population)
+        if (meta.get("seed"), meta.get("n_requested"), meta.get("chunk_size"), meta.get("population", "all_charts")) != wanted:
             raise PointSetError(
                 f"cached point set {cp} was sampled with n_points={meta.get('n_requested')}, seed={meta.get('seed')}, "
-                f"chunk_size={meta.get('chunk_size')}, "
-                f"not n_points={self.n_points}, seed={self.seed}, chunk_size={DEFAULT_CHUNK}. Delete it and rerun to resample it."
+                f"chunk_size={meta.get('chunk_size')}, population={meta.get('population', 'all_charts')}, not "
+                f"n_points={self.n_points}, seed={self.seed}, chunk_size={DEFAULT_CHUNK}, population={self.population}. "
+                "Delete it and rerun to resample it."
             )
         return ps.points
 

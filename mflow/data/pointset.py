@@ -26,8 +26,10 @@ import numpy as np
 import torch
 
 from mflow.geometry.hypersurface import CDTYPE, RDTYPE, Hypersurface
-from mflow.geometry.points import CYPoints, check_on_surface, cy_points, sample
+from mflow.geometry.points import CYPoints, cat_points, check_on_surface, cy_points, sample
 from mflow.io import atomic_write
+
+from .population import check_population, sample_population
 
 FORMAT = "mflow-pointset"
 FORMAT_VERSION = 1
@@ -57,15 +59,19 @@ def chunk_seed(seed: int, chunk: int) -> int:
 
 
 def sample_pointset(
-    surface: Hypersurface, n_points: int, seed: int, chunk_size: int = DEFAULT_CHUNK, progress: bool = False
+    surface: Hypersurface, n_points: int, seed: int, chunk_size: int = DEFAULT_CHUNK, progress: bool = False,
+    population: str = "all_charts",
 ) -> CYPoints:
-    """n_points Shiffman-Zelditch points with their geometry (mflow.geometry.points.sample).
+    """n_points Shiffman-Zelditch points of a population (mflow.data.population) with their geometry.
 
     At most chunk_size points are held in intermediate buffers at a time: n_points <= chunk_size is
     exactly ``sample(surface, n_points, seed)``; larger sets join chunks sampled with ``chunk_seed(seed, k)``.
-    The result depends on (surface, n_points, seed, chunk_size) only. Points dropped for tied patches
+    one_chart keeps the chart's points of chunks of chunk_size (seeds chunk_seed(seed, k)) until it has n_points.
+    The result depends on (surface, n_points, seed, chunk_size, population) only. Points dropped for tied patches
     (probability ~1e-12 each) are not replaced, so len() may be a hair below n_points.
     """
+    if check_population(population) == "one_chart":
+        return sample_population(surface, n_points, seed, chunk_size, lambda k: sample(surface, chunk_size, chunk_seed(seed, k)))
     if n_points <= chunk_size:
         return sample(surface, n_points, seed)
     sizes = [min(chunk_size, n_points - i) for i in range(0, n_points, chunk_size)]
@@ -75,11 +81,6 @@ def sample_pointset(
 
         it = tqdm(it, total=len(sizes), desc=f"sampling {n_points} points", unit="chunk")
     return cat_points([sample(surface, m, chunk_seed(seed, k)) for k, m in it])
-
-
-def cat_points(parts: list[CYPoints]) -> CYPoints:
-    """Concatenate CYPoints along the point axis."""
-    return CYPoints(*(torch.cat([getattr(p, f) for p in parts]) for f in CYPoints.__dataclass_fields__))
 
 
 # --------------------------------------------------------------------------- cymetric layout

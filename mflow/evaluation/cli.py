@@ -27,7 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-noise", type=int, default=1000, help="train points noised per level (default 1000)")
     p.add_argument("--n-distance", type=int, default=2000, help="test points whose distance to the train set is measured")
     p.add_argument("--ricci-points", type=int, default=500, help="points for the Ricci measure (0: skip)")
-    p.add_argument("--keep-chart", action="store_true", help="Gaussian-noised points keep their train point's chart")
+    p.add_argument("--keep-chart", action="store_true", help="noised points keep their train point's chart")
+    p.add_argument("--population", choices=("all_charts", "one_chart"), default=None,
+                   help="of the fresh test points and the distance scaling (default: the one each model was trained on)")
     p.add_argument("--test-data", default=None, help="test points from this point-set file instead of sampling")
     p.add_argument("--scaling", action="store_true", help="also measure the distance scaling (Fig. 3 right)")
     p.add_argument("--scaling-n", type=int, nargs="+", default=list(DEFAULT_SCALING_N), metavar="N")
@@ -51,6 +53,6 @@ def main(argv=None) -> int:
         distances=args.distances, n_noise=args.n_noise, n_distance=args.n_distance, ricci_points=args.ricci_points,
         keep_chart=args.keep_chart, test_data=args.test_data, scaling=args.scaling, scaling_n=args.scaling_n,
         scaling_budget=args.scaling_budget, target_gains=args.target_gain, fit=args.fit, device=args.device,
-        quiet=args.quiet,
+        quiet=args.quiet, population=args.population,
     )
     return 0

@@ -154,8 +154,10 @@ def manifold_noised(
     fit_rtol: float = 0.02,
     max_rescale: int = 12,
     max_tries: int = 5,
+    keep_chart: bool = False,
 ) -> NoisedPoints:
-    """Points on X at FS distance ``distance`` (within rtol) from each train point (module doc, method 2).
+    """Points on X at FS distance ``distance`` (within rtol) from each train point (module doc, method 2);
+    keep_chart: each in its train point's chart (patch, elim) instead of its preferred one.
 
     Row i of the result comes from train row origin[i]; train points for which no point could be made
     (projection not converging, or distance off by more than rtol after max_tries directions) are dropped.
@@ -196,5 +198,8 @@ def manifold_noised(
         out[todo[good]] = z[good]
         done[todo[good]] = True
     origin = done.nonzero().flatten()
-    pts = cy_points(surface, out[origin], drop_ties=False)
+    if keep_chart:
+        pts = off_manifold_points(surface, out[origin], train.patch[origin], train.elim[origin])
+    else:
+        pts = cy_points(surface, out[origin], drop_ties=False)
     return NoisedPoints(pts, origin, fs_distance(train.z[origin], pts.z), surface.residual(pts.z), int(n - len(origin)))

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from mflow.data.pointset import PointSetError, is_cymetric_file, load_cymetric, load_pointset, sample_pointset
+from mflow.data.population import POPULATIONS
 from mflow.geometry.distance import NearestIndex
 from mflow.geometry.hypersurface import Hypersurface
 from mflow.geometry.points import CYPoints
@@ -99,7 +100,8 @@ def evaluate_checkpoint(
     device: torch.device = torch.device("cpu"),
     log=print,
 ) -> dict:
-    """All measures of one checkpoint (module doc); returns its eval.json section."""
+    """All measures of one checkpoint (module doc); returns its eval.json section. keep_chart: noised points are
+    written in their train point's chart (the paper's one-chart points keep their chart)."""
     t0 = time.perf_counter()
     timings = {}
     train = train_points(ck)
@@ -145,7 +147,8 @@ def evaluate_checkpoint(
     if mode in ("manifold", "both"):
         t = time.perf_counter()
         for k, dist in enumerate(distances):
-            npts = noise.manifold_noised(ck.surface, base, float(dist), torch.Generator().manual_seed(seed + 200 + k))
+            npts = noise.manifold_noised(ck.surface, base, float(dist), torch.Generator().manual_seed(seed + 200 + k),
+                                         keep_chart=keep_chart)
             if len(npts.points) == 0:
                 noised["manifold"].append({"distance": float(dist), "n": 0, "dropped": npts.dropped})
                 continue
@@ -253,9 +256,13 @@ def evaluate(
     fit=None,
     device: str = "auto",
     quiet: bool = False,
+    population: str | None = None,
 ) -> tuple[dict, Path]:
     """Evaluate checkpoints and write <out>/eval.json and the plots; returns (report, out folder).
 
+    population: of the fresh test points and the distance scaling (mflow.data.population); default the population
+    each checkpoint was trained on. one_chart test points, and the noised points of one_chart train points, keep
+    that chart. A model trained on one chart and evaluated on all-chart points gets a warning (in eval.json too).
     Every input is checked before any work (EvaluationError, nothing written).
     """
     log = (lambda *a, **k: None) if quiet else print
@@ -273,6 +280,8 @@ def evaluate(
         raise EvaluationError(f"on-manifold distances must be in (0, pi/2), got {list(distances)}")
     if any(not g > 0 for g in target_gains):
         raise EvaluationError(f"target gains must be > 0, got {list(target_gains)}")
+    if population is not None and population not in POPULATIONS:
+        raise EvaluationError(f"--population must be one of {POPULATIONS}, not {population!r}")
     dev = pick_device(device)
 
     # ---- check everything first: nothing is written when an input is refused
@@ -298,35 +307,46 @@ def evaluate(
     out = Path(out) if out is not None else default_out(paths)
 
     # ---- work
-    tests: dict[str, CYPoints] = {}
-    results = []
+    tests: dict[tuple, CYPoints] = {}
+    results, warnings_ = [], []
     for ck in loaded:
-        fp = ck.surface.fingerprint()
+        trained_on = (ck.data_hparams or {}).get("population", "all_charts")
+        pop = population or trained_on
+        if trained_on == "one_chart" and pop == "all_charts":
+            msg = f"{ck.path} was trained on one chart's points and is evaluated on points of all charts"
+            warnings_.append(msg)
+            log(f"[mflow] evaluate: warning: {msg}")
+        key = (ck.surface.fingerprint(), pop)
         if test_given is not None:
             test = test_given
-        elif fp not in tests:
+        elif key not in tests:
             t = time.perf_counter()
-            tests[fp] = sample_pointset(ck.surface, n_test, seed)
-            log(f"[mflow] evaluate: {len(tests[fp])} test points on {ck.surface.name} (seed {seed}) in {time.perf_counter() - t:.1f} s")
-            test = tests[fp]
+            tests[key] = sample_pointset(ck.surface, n_test, seed, population=pop)
+            log(f"[mflow] evaluate: {len(tests[key])} {pop} test points on {ck.surface.name} (seed {seed}) in "
+                f"{time.perf_counter() - t:.1f} s")
+            test = tests[key]
         else:
-            test = tests[fp]
+            test = tests[key]
         log(f"[mflow] evaluate: {ck.path}")
-        results.append(evaluate_checkpoint(
+        result = evaluate_checkpoint(
             ck, test, seed=seed, mode=mode, variances=variances, distances=distances, n_noise=n_noise,
-            n_distance=n_distance, ricci_points=ricci_points, keep_chart=keep_chart, device=dev, log=log,
-        ))
+            n_distance=n_distance, ricci_points=ricci_points, keep_chart=keep_chart or pop == "one_chart", device=dev,
+            log=log,
+        )
+        result["population"] = {"trained_on": trained_on, "test": pop if test_given is None else "given"}
+        results.append(result)
     report = {
         "format": EVAL_FORMAT, "tool": "mflow evaluate", "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "settings": {
             "n_test": n_test if test_given is None else len(test_given), "test_data": str(test_data) if test_data else None,
             "seed": seed, "mode": mode, "variances": list(map(float, variances)), "distances": list(map(float, distances)),
             "n_noise": n_noise, "n_distance": n_distance, "ricci_points": ricci_points, "keep_chart": keep_chart,
-            "device": str(dev), "threads": torch.get_num_threads(),
+            "population": population, "device": str(dev), "threads": torch.get_num_threads(),
         },
+        "warnings": warnings_,
         "noise": {
             "gaussian": "N(0, variance) on Re and Im of each homogeneous coordinate of the train point (patch scaling "
-                        "z_patch = 1); chart re-chosen at the noised point" + (" (kept: --keep-chart)" if keep_chart else "")
+                        "z_patch = 1); chart re-chosen at the noised point, or kept (--keep-chart, one_chart points)"
                         + "; dp, |Omega|^2 = 1/|dp/dz_elim|^2, J, g_FS and weights at the noised point (mflow.evaluation.noise)",
             "manifold": "random unit tangent step of FS length s from the train point, Newton projection onto X "
                         "(relative |p| <= 1e-10), s rescaled until the FS distance to the train point is within 2% "
@@ -340,7 +360,8 @@ def evaluate(
     need_fit = bool(target_gains) and fit is None
     if scaling or need_fit:
         surface = loaded[0].surface
-        sc = distance_scaling(surface, scaling_n, seed=seed + 1000, budget_s=scaling_budget, log=log)
+        sc = distance_scaling(surface, scaling_n, seed=seed + 1000, budget_s=scaling_budget, log=log,
+                              population=population or (loaded[0].data_hparams or {}).get("population", "all_charts"))
         report["distance_scaling"] = sc
         figures["distance_scaling"] = plot_distance_scaling(sc)
     if target_gains:

@@ -6,11 +6,10 @@ import math
 import time
 
 import numpy as np
-import torch
 
 from mflow.geometry.distance import NearestIndex
 from mflow.geometry.hypersurface import Hypersurface
-from mflow.geometry.sampling import sample_points
+from mflow.data.pointset import sample_pointset
 
 from .measures import stats
 
@@ -28,11 +27,13 @@ def fit_power_law(n, y) -> tuple[float, float]:
 
 
 def distance_scaling(
-    surface: Hypersurface, ns=DEFAULT_SCALING_N, seed: int = 0, budget_s: float = 60.0, min_sizes: int = 3, log=print
+    surface: Hypersurface, ns=DEFAULT_SCALING_N, seed: int = 0, budget_s: float = 60.0, min_sizes: int = 3, log=print,
+    population: str = "all_charts",
 ) -> dict:
-    """min / mean / max nearest-neighbour FS distance among N Shiffman-Zelditch points, for N in ns while
-    the next size is predicted to fit in budget_s (the first min_sizes always run), and the fit
-    mean = a N^b (eq. 3.6; paper 0.968 N^-0.184; theory exponent -1/(real dimension of X))."""
+    """min / mean / max nearest-neighbour FS distance among N Shiffman-Zelditch points of a population
+    (mflow.data.population; the paper's points are one_chart), for N in ns while the next size is predicted to
+    fit in budget_s (the first min_sizes always run), and the fit mean = a N^b (eq. 3.6; paper 0.968 N^-0.184;
+    theory exponent -1/(real dimension of X))."""
 
     rows, t_start = [], time.perf_counter()
     ns = sorted(int(n) for n in ns)
@@ -46,13 +47,13 @@ def distance_scaling(
             if time.perf_counter() - t_start + predicted > budget_s:
                 break
         t = time.perf_counter()
-        z = sample_points(surface, n, torch.Generator().manual_seed(seed + i))
+        z = sample_pointset(surface, n, seed + i, population=population).z
         d, _ = NearestIndex(z).self_query()
         row = {"n": n, **{k: v for k, v in stats(d).items() if k != "n"}, "seconds": time.perf_counter() - t}
         rows.append(row)
         log(f"[mflow] distance scaling: N={n}: mean nearest-neighbour distance {row['mean']:.4f} ({row['seconds']:.1f} s)")
     out = {
-        "manifold": surface.name, "seed": seed, "budget_seconds": budget_s, "rows": rows,
+        "manifold": surface.name, "population": population, "seed": seed, "budget_seconds": budget_s, "rows": rows,
         "paper_fit": {"a": PAPER_FIT[0], "b": PAPER_FIT[1]},
         "theory_exponent": -1.0 / (2 * surface.dim),
     }

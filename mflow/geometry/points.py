@@ -103,6 +103,11 @@ def cy_points(surface: Hypersurface, z: torch.Tensor, drop_ties: bool = True) ->
     return CYPoints(z, patch, elim, J, om, g_fs, w)
 
 
+def cat_points(parts: list[CYPoints]) -> CYPoints:
+    """Concatenate CYPoints along the point axis."""
+    return CYPoints(**{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(CYPoints)})
+
+
 def sample(surface: Hypersurface, n_points: int, seed: int) -> CYPoints:
     """n_points Shiffman-Zelditch points with their geometry, reproducible from the seed."""
     gen = torch.Generator().manual_seed(seed)
