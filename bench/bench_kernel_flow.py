@@ -1,17 +1,15 @@
-"""Seconds per frozen-kernel flow step vs N, clustered and unclustered, and the unclustered N that fits 4 GB.
+"""Seconds and memory of one UNCLUSTERED frozen-kernel flow step against N, and of a prediction at N test points.
 
-    python bench/bench_kernel_flow.py [--sizes 1000 2000 5000 10000 20000] [--big 100000] [--threads 2]
+    python bench/bench_kernel_flow.py [--sizes 10000 30000 100000] [--precision float64 float32] [--device cpu]
 
-Writes bench/results/kernel_flow.json. Every measurement runs in its own subprocess (so that its peak
-resident memory, ru_maxrss, is its own). Kernel: Gaussian on the FS distance (eq. 3.5), sigma = 1/30,
-sigma loss, ambient chart mode (the default), fermat quintic.
-  * unclustered: full batch (B = all N train points), cache_mb = 0: every step recomputes the kernel in
-    [block, block] tiles (memory O(N + block^2), never N^2): one step costs N^2 kernel evaluations.
-  * clustered: clusters of ~``cluster`` points (batched clustering, M = min(N, 5000)); one "step" = one
-    flow step on every cluster (an epoch); the kernel matrices of the clusters are cached (sum of
-    n_c^2 * 8 bytes), so the first epoch builds them and later epochs are matrix products.
-  * big: N = --big unclustered; one full step would take long on 2 cores, so the kernel sum is timed on
-    the first ``probe`` receiving rows (all N sources) and scaled by N / probe (stated as an estimate).
+Writes bench/results/kernel_flow.json. Every measurement runs in its own subprocess, so that its peak resident
+memory (ru_maxrss) is its own. The flow: Gaussian kernel on the FS distance (eq. 3.5, Table 1's sigma = 30 read
+as an inverse width), all 9 real metric components, ambient chart mode, sigma loss, full batch (every train
+point is updated from every train point: N^2 kernel evaluations per step), cache_mb = 0: matrix-free, the
+kernel is formed tile by tile, multiplied and dropped (mflow.kernels GaussianFS._apply_real). One step = the
+gradient at all points, the kernel sum, the positive-definiteness check. float32 tiles are checked against
+float64 on the same points (max relative difference of the update). The exponent of time against N is fitted
+over the sizes. --device cuda runs the same code with the tiles on the GPU (state and geometry stay on the CPU).
 """
 from __future__ import annotations
 
@@ -25,127 +23,94 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "results" / "kernel_flow.json"
-SIGMA = 1 / 30
+SIGMA = 30.0  # Table 1, read as an inverse width
 
 
-def _setup(n_train: int, seed: int = 0):
+def child(n: int, precision: str, device: str, check: bool) -> dict:
+    import torch
+
     from mflow.data.pointset import sample_pointset
+    from mflow.flows import FrozenKernelFlow
     from mflow.geometry import volume
     from mflow.geometry.hypersurface import manifold
+    from mflow.kernels import GaussianFS
 
     s = manifold("fermat_quintic")
     t = time.perf_counter()
-    p = sample_pointset(s, n_train, seed)
+    train, test = sample_pointset(s, n, 0), sample_pointset(s, n, 1)
     t_sample = time.perf_counter() - t
-    kappa = float(volume.kappa(p.weights, volume.real_det(p.g_fs), p.omega_sq))
-    return s, p, kappa, t_sample
-
-
-def child(mode: str, n: int, threads: int, cluster: int, probe: int, steps: int) -> dict:
-    import torch
-
-    torch.set_num_threads(threads)
-    from mflow.flows import FrozenKernelFlow
-    from mflow.kernels import GaussianFS
-
-    s, p, kappa, t_sample = _setup(n)
-    out = {"mode": mode, "n_train": len(p), "threads": threads, "sample_seconds": t_sample}
-    if mode == "unclustered":
-        f = FrozenKernelFlow(s, GaussianFS(SIGMA), lr=0.03, reduction="sum", cache_mb=0.0).attach(p, kappa)
-        times = []
-        for _ in range(steps):
-            t = time.perf_counter()
-            f.flow_step()
-            times.append(time.perf_counter() - t)
-        out.update(seconds_per_step=min(times), steps=steps, kernel_evaluations_per_step=len(p) ** 2)
-    elif mode == "clustered":
-        from mflow.data.clustered import cluster_points
-
-        k = max(1, round(len(p) / cluster))
-        t = time.perf_counter()
-        labels = cluster_points(p, s, k, min(len(p), 5000), seed=0)
-        out["clustering_seconds"] = time.perf_counter() - t
-        f = FrozenKernelFlow(s, GaussianFS(SIGMA), lr=0.03, reduction="sum", cache_mb=4096.0).attach(p, kappa, labels)
-        t = time.perf_counter()
-        f.flow_step()  # one step per cluster; builds and caches the cluster kernels
-        first = time.perf_counter() - t
-        times = []
-        for _ in range(steps):
-            t = time.perf_counter()
-            f.flow_step()
-            times.append(time.perf_counter() - t)
-        sizes = torch.bincount(labels)
-        out.update(n_clusters=k, cluster_size_min=int(sizes.min()), cluster_size_max=int(sizes.max()),
-                   first_epoch_seconds=first, seconds_per_step=min(times), steps=steps,
-                   cached_kernel_mb=f._cache_bytes / 2**20)
-    else:  # big: time the kernel sum for `probe` receiving rows against all N sources, then scale
-        f = FrozenKernelFlow(s, GaussianFS(SIGMA), lr=0.03, reduction="sum", cache_mb=0.0).attach(p, kappa)
-        rows = torch.arange(len(p))
-        t = time.perf_counter()
+    kappa = float(volume.kappa(train.weights, volume.real_det(train.g_fs), train.omega_sq))
+    dev = None if device == "cpu" else device
+    f = FrozenKernelFlow(s, GaussianFS(SIGMA, inverse=True), lr=1e-3, reduction="mean", cache_mb=0.0,
+                         precision=precision, device=dev).attach(train, kappa)
+    rows = torch.arange(f.n_train)
+    out = {"n_train": f.n_train, "precision": precision, "device": device, "threads": torch.get_num_threads(),
+           "sample_seconds": t_sample}
+    t = time.perf_counter()
+    info = f.flow_step()
+    out["seconds_per_step"] = time.perf_counter() - t
+    out["backtracks"] = info["backtracks"]
+    t = time.perf_counter()
+    g = f.predict_metric(test)
+    out["predict_seconds"] = time.perf_counter() - t
+    out["test_points"] = len(test)
+    out["test_sigma_after_one_step"] = float(volume.sigma(test.weights, volume.real_det(g), test.omega_sq))
+    if check:  # the same update in float64 on the same points
         _, G = f.gradient(rows)
-        t_grad = time.perf_counter() - t
-        t = time.perf_counter()
-        f._update(torch.arange(probe), rows, G, shard=False)
-        t_probe = time.perf_counter() - t
-        out.update(probe_rows=probe, probe_seconds=t_probe, gradient_seconds=t_grad,
-                   estimated_seconds_per_step=t_grad + t_probe * len(p) / probe, estimate=True)
+        mine = f._update(rows, rows, G, None, shard=False)
+        f.tile_dtype = torch.float64
+        ref = f._update(rows, rows, G, None, shard=False)
+        out["max_relative_difference_to_float64"] = float((mine - ref).abs().max() / ref.abs().max())
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out
 
 
-def run_child(args: list[str]) -> dict:
-    p = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True, cwd=ROOT,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+def run_child(n: int, precision: str, device: str, check: bool) -> dict:
+    args = [sys.executable, __file__, "--child", str(n), precision, device, str(int(check))]
+    p = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     if p.returncode != 0:
-        return {"args": args, "error": p.stderr[-2000:]}
+        return {"n": n, "precision": precision, "error": p.stderr[-2000:]}
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 2000, 5000, 10000, 20000])
-    ap.add_argument("--big", type=int, default=100_000)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--cluster", type=int, default=1000, help="points per cluster (clustered mode)")
-    ap.add_argument("--probe", type=int, default=4096)
-    ap.add_argument("--steps", type=int, default=2)
-    ap.add_argument("--unclustered-max", type=int, default=20000, help="largest N timed with full unclustered steps")
-    ap.add_argument("--child", nargs=6, metavar=("MODE", "N", "THREADS", "CLUSTER", "PROBE", "STEPS"), help=argparse.SUPPRESS)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 30_000, 100_000])
+    ap.add_argument("--precision", nargs="+", default=["float64", "float32"], choices=("float64", "float32"))
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--check-max", type=int, default=30_000, help="largest N whose float32 update is checked against float64")
+    ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(OUT))
     a = ap.parse_args()
     if a.child:
-        mode, n, threads, cluster, probe, steps = a.child
-        print(json.dumps(child(mode, int(n), int(threads), int(cluster), int(probe), int(steps))))
+        n, precision, device, check = a.child
+        print(json.dumps(child(int(n), precision, device, bool(int(check)))))
         return
-    res = {"kernel": f"gaussian sigma={SIGMA:.5g} (eq. 3.5)", "chart_mode": "ambient", "loss": "sigma",
-           "machine": {"cpus": os.cpu_count(), "threads": a.threads, "platform": platform.platform(),
-                       "load_average_at_start": os.getloadavg()},
-           "unclustered": [], "clustered": [], "big": None}
-    common = [str(a.threads), str(a.cluster), str(a.probe), str(a.steps)]
-    for n in a.sizes:
-        for mode in ("clustered", "unclustered"):
-            if mode == "unclustered" and n > a.unclustered_max:
-                continue
-            r = run_child([mode, str(n), *common])
-            res[mode].append(r)
+    res = {"kernel": f"gaussian, inverse width sigma = {SIGMA} (eq. 3.5, Table 1)", "chart_mode": "ambient",
+           "components": 9, "loss": "sigma", "batch": "all train points (unclustered)",
+           "goal": "one 100k-point step <= 60 s and < 4 GB on 2 CPU cores",
+           "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_average_at_start": os.getloadavg()},
+           "runs": []}
+    for precision in a.precision:
+        for n in a.sizes:
+            r = run_child(n, precision, a.device, precision == "float32" and n <= a.check_max)
+            res["runs"].append(r)
             print(json.dumps(r), flush=True)
-    if a.big:
-        r = run_child(["big", str(a.big), *common])
-        res["big"] = r
-        print(json.dumps(r), flush=True)
-        if "peak_rss_mb" in r:
-            res["largest_unclustered_n_within_4gb"] = {
-                "n": r["n_train"], "peak_rss_mb": r["peak_rss_mb"], "fits": r["peak_rss_mb"] < 4096,
-                "seconds_per_step_estimated": r["estimated_seconds_per_step"],
-                "note": "memory is O(N + block^2): the state, not the kernel; the step time is the limit, "
-                        "estimated from a probe of the kernel rows",
-            }
+    for precision in a.precision:
+        ok = [r for r in res["runs"] if r.get("precision") == precision and "seconds_per_step" in r]
+        if len(ok) >= 2:
+            b, _ = np.polyfit(np.log([r["n_train"] for r in ok]), np.log([r["seconds_per_step"] for r in ok]), 1)
+            res[f"time_exponent_{precision}"] = float(b)
+        big = [r for r in ok if r["n_train"] >= 100_000]
+        if big:
+            res[f"goal_met_{precision}"] = bool(big[-1]["seconds_per_step"] <= 60 and big[-1]["peak_rss_mb"] < 4096)
     res["machine"]["load_average_at_end"] = os.getloadavg()
-    from mflow.io import write_json
-
-    write_json(a.out, res)
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(res, indent=2))
     print(f"wrote {a.out}")
 
 

@@ -402,3 +402,45 @@ def test_datamodule_in_lightning(tmp_path):
     trainer.fit(model, datamodule=dm)
     assert trainer.global_step == 4
     assert torch.equal(torch.cat(model.val_seen).sort().values, torch.arange(100))
+
+
+# ----------------------------------------------------------------------------- populations
+def test_one_chart_population_reproduces_eq_3_6():
+    """The paper's points are one chart's (sec. 3.1); their mean nearest-neighbour FS distance at N = 1000 is
+    eq. 3.6's 0.968 N^-0.184 = 0.2717 within 3% (all charts: ~0.37)."""
+    from mflow.data.population import population_chart
+    from mflow.geometry.distance import nearest_neighbours
+
+    s = manifold("fermat_quintic")
+    means = []
+    for seed in range(4):
+        p = sample_pointset(s, 1000, seed, population="one_chart")
+        assert len(p) == 1000 and {(int(a), int(b)) for a, b in zip(p.patch, p.elim)} == {population_chart(s)}
+        means.append(float(nearest_neighbours(p.z)[0].mean()))
+    assert abs(sum(means) / len(means) / (0.968 * 1000**-0.184) - 1) < 0.03, means
+    all_charts = float(nearest_neighbours(sample_pointset(s, 1000, 0).z)[0].mean())
+    assert all_charts > 1.25 * max(means)
+
+
+def test_one_chart_population_in_the_datamodule_and_the_sampler(tmp_path, monkeypatch):
+    from mflow.data import CYDataModule
+    from mflow.data import population as pop
+    from mflow.data.__main__ import main as data_main
+
+    dm = CYDataModule(n_points=400, population="one_chart", cache_dir=str(tmp_path / "c"), seed=1)
+    dm.setup()
+    chart = pop.population_chart(dm.surface)
+    assert all((int(a), int(b)) == chart for a, b in zip(dm.train.patch, dm.train.elim))
+    assert "one_chart" in dm.cache_path.name and read_metadata(dm.cache_path)["population"] == "one_chart"
+    out = tmp_path / "one.npz"
+    assert data_main(["sample", "--n", "300", "--population", "one_chart", "--out", str(out)]) == 0
+    with pytest.raises(PointSetError, match="data.population=one_chart"):
+        CYDataModule(path=str(out)).setup()
+    on_file = CYDataModule(path=str(out), population="one_chart")
+    on_file.setup()
+    assert len(on_file.train) + len(on_file.val) + len(on_file.test) == 300
+    with pytest.raises(ValueError, match="population must be one of"):
+        CYDataModule(population="two_charts")
+    monkeypatch.setattr(pop, "MAX_OVERSAMPLING", 5)  # a chart with 5% of the points is now too rare
+    with pytest.raises(ValueError, match=r"sampled 100000 points on fermat_quintic and kept \d+"):
+        sample_pointset(manifold("fermat_quintic"), 400, 3, population="one_chart")

@@ -292,3 +292,19 @@ def test_results_are_logged_to_an_active_wandb_run(tiny_ckpt, tmp_path, monkeypa
     finally:
         run.finish()
     assert rep["wandb"] is True and json.loads((out / "eval.json").read_text())["wandb"] is True
+
+
+def test_a_one_chart_model_is_tested_on_its_population_and_warned_about_others(tmp_path):
+    train_main([
+        f"--run_dir={tmp_path / 'run'}", "--data.n_points=600", "--data.population=one_chart", "--data.batch_size=64",
+        "--wandb=disabled", "--trainer.max_epochs=1", "--model.width=8", "--model.depth=1", "--test=false",
+    ])
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    kw = dict(n_test=200, n_noise=30, variances=(1e-4,), distances=(0.01,), ricci_points=0, quiet=True)
+    rep, _ = evaluation.evaluate([ckpt], tmp_path / "same", **kw)
+    (r,) = rep["checkpoints"]
+    assert r["population"] == {"trained_on": "one_chart", "test": "one_chart"} and not rep["warnings"]
+    assert r["noised"]["gaussian"][0]["chart_changed"] == 0.0  # noised one-chart points keep their chart
+    rep, _ = evaluation.evaluate([ckpt], tmp_path / "all", population="all_charts", **kw)
+    assert rep["checkpoints"][0]["population"]["test"] == "all_charts"
+    assert "trained on one chart's points and is evaluated on points of all charts" in rep["warnings"][0]

@@ -252,3 +252,25 @@ def test_registry_and_bad_parameters(pts):
     for f in bad:
         with pytest.raises(ValueError):
             f()
+
+
+@pytest.mark.parametrize("inverse,squared", [(True, False), (False, True)])
+def test_matrix_free_gaussian_apply_in_both_precisions(pts, inverse, squared):
+    """The tiled apply (cos^2 d from one matrix product of the embeddings u u^H) against the exact kernel matrix:
+    to round-off in float64, within 1e-6 in float32 (close pairs recomputed exactly); points repeated so that some
+    pairs are at distance 0, where arccos loses the digits (eq. 3.4)."""
+    z = torch.cat([pts.z, pts.z[:7] * (1.5 - 0.5j)])  # the same points of P^4, rescaled
+    k = GaussianFS(30.0 if inverse else 0.3, squared=squared, inverse=inverse)
+    v = torch.randn(len(z), 3, 3, dtype=torch.complex128, generator=torch.Generator().manual_seed(0))
+    ref = torch.einsum("ab,bij->aij", k.matrix(z).to(v.dtype), v)
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-6)):
+        out = k.apply(z, z, v, block=16, dtype=dtype)
+        assert float((out - ref).abs().max() / ref.abs().max()) < tol, dtype
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gaussian_apply_on_cuda_equals_the_cpu(pts):
+    k = GaussianFS(30.0, inverse=True)
+    v = torch.randn(len(pts), 9, dtype=torch.float64)
+    assert torch.allclose(k.apply(pts, pts, v, device="cuda"), k.apply(pts, pts, v), rtol=1e-10, atol=1e-12)

@@ -75,8 +75,10 @@ from mflow.geometry.forms import (
     form_from_ambient,
     form_to_chart,
     gradient_to_ambient,
+    hermitian,
     hermitian_part,
     not_positive_definite,
+    real_components,
 )
 from mflow.geometry.points import CYPoints, check_points
 from mflow.kernels.analytic import DEFAULT_BLOCK, Kernel
@@ -84,21 +86,13 @@ from mflow.kernels.analytic import DEFAULT_BLOCK, Kernel
 CHART_MODES = ("ambient", "transform", "reject")
 PD_POLICIES = ("backtrack", "clip", "stop")
 REDUCTIONS = ("mean", "sum")
+PRECISIONS = {"float64": torch.float64, "float32": torch.float32}
 
 # buffers whose first dimension is the number of train points (or clusters) in the flow (resized on load)
 STATE_BUFFERS = (
     "train_z", "train_patch", "train_elim", "train_pullback", "train_g_fs", "train_weights", "train_omega_sq",
     "metric", "coeff", "labels", "row_of", "train_h", "cluster_steps",
 )
-
-
-def real_matmul(K: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
-    """K [Na, Nb] real @ V [Nb, ...] real or complex -> [Na, ...]."""
-    flat = V.reshape(len(V), -1)
-    if V.is_complex():
-        out = K @ torch.view_as_real(flat).reshape(len(V), -1)
-        return torch.view_as_complex(out.reshape(len(K), -1, 2)).reshape(len(K), *V.shape[1:])
-    return (K @ flat).reshape(len(K), *V.shape[1:])
 
 
 def _chart_fields(d: dict) -> dict:
@@ -117,7 +111,7 @@ class FrozenKernelFlow(nn.Module):
     def __init__(self, surface, kernel: Kernel, lr: float = 0.1, lr_step_decay: float = 1.0, loss: str = "sigma",
                  reduction: str = "mean", chart_mode: str = "ambient", pd_policy: str = "backtrack",
                  max_backtracks: int = 20, pd_margin: float = 0.0, normalize: bool = False,
-                 block: int = DEFAULT_BLOCK, cache_mb: float = 512.0):
+                 block: int = DEFAULT_BLOCK, cache_mb: float = 512.0, precision: str = "float64", device=None):
         super().__init__()
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
             raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
@@ -136,6 +130,9 @@ class FrozenKernelFlow(nn.Module):
             raise ValueError(f"pd_margin must be in [0, 1), got {pd_margin!r}")
         if not (cache_mb >= 0):
             raise ValueError(f"cache_mb must be >= 0, got {cache_mb!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
+        self.tile_dtype, self.device = PRECISIONS[precision], device  # of the kernel tiles (mflow.kernels Kernel.apply)
         self.surface, self.kernel = surface, kernel
         self.lr, self.lr_step_decay, self.loss_name, self.reduction = float(lr), float(lr_step_decay), loss, reduction
         self.chart_mode, self.pd_policy, self.max_backtracks = chart_mode, pd_policy, max_backtracks
@@ -278,11 +275,14 @@ class FrozenKernelFlow(nn.Module):
         return out if h_tgt is None else out * h_tgt.to(out.dtype)[:, None, None]
 
     def _kapply(self, tz, sz, V, K) -> torch.Tensor:
-        return real_matmul(K, V) if K is not None else self.kernel.apply(tz, sz, V, self.block)
+        """sum_s k(t, s) V_s for Hermitian V [Ns, d, d], on its d^2 real components (half the work of complex V)."""
+        R = real_components(V)
+        S = K @ R if K is not None else self.kernel.apply(tz, sz, R, self.block, self.tile_dtype, self.device)
+        return hermitian(S, V.shape[-1])
 
     def _kernel_sum(self, tgt: dict, src: dict, V: torch.Tensor, K) -> torch.Tensor:
         if self.chart_mode == "ambient":
-            H = gradient_to_ambient(ambient_frame(src["z"], src["pullback"]), V)
+            H = hermitian_part(gradient_to_ambient(ambient_frame(src["z"], src["pullback"]), V))
             S = self._kapply(tgt["z"], src["z"], H, K)
             return hermitian_part(form_from_ambient(ambient_frame(tgt["z"], tgt["pullback"]), S))
         if self.chart_mode == "transform":  # corrections moved to the receiving chart as forms (module doc)
@@ -296,7 +296,7 @@ class FrozenKernelFlow(nn.Module):
                 if move.any():
                     pc, ec = torch.full_like(src["patch"][move], c // n1), torch.full_like(src["elim"][move], c % n1)
                     T = chart_change(self.surface, src["z"][move], src["patch"][move], src["elim"][move], pc, ec)
-                    Vc[move] = form_to_chart(T, V[move])
+                    Vc[move] = hermitian_part(form_to_chart(T, V[move]))
                 out[sel] = self._kapply(tgt["z"][sel], src["z"], Vc, None if K is None else K[sel])
             return hermitian_part(out)
         # reject: the sources are all in the reference chart; components are added there

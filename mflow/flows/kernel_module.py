@@ -42,6 +42,9 @@ class KernelFlow(FlowModule):
         steps_per_batch: flow steps taken on each training batch (cluster).
         block: kernel tile size (memory O(block^2)).
         cache_mb: keep the kernel matrices of the clusters (or of the train set) when they all fit in this many MiB.
+        precision: float64 | float32: of the kernel tiles (sums over tiles in float64; FS-distance kernels recompute
+            close pairs exactly in float32). The tiles are computed on the module's device (CUDA when Lightning
+            runs there), the flow's state stays on the CPU.
     """
 
     kind = "kernel_flow"
@@ -67,6 +70,7 @@ class KernelFlow(FlowModule):
         steps_per_batch: int = 1,
         block: int = DEFAULT_BLOCK,
         cache_mb: float = 512.0,
+        precision: str = "float64",
     ):
         super().__init__(manifold, psi, ambient_n, surface_seed)
         kernel_params = {} if kernel_params is None else dict(kernel_params)
@@ -79,7 +83,7 @@ class KernelFlow(FlowModule):
             raise ValueError(f"bad kernel_params {kernel_params} for kernel {kernel!r}: {e}") from None
         self.steps_per_batch = integer("steps_per_batch", steps_per_batch)
         self.flow = FrozenKernelFlow(self.surface, k, lr, lr_step_decay, loss, reduction, chart_mode, pd_policy,
-                                     max_backtracks, pd_margin, normalize, block, cache_mb)
+                                     max_backtracks, pd_margin, normalize, block, cache_mb, precision)
         self.model = None  # no network (RunSummary, NTKDrift and evaluate.py look for one)
         # a parameter that never moves (SGD with lr 0): Lightning then counts flow steps as global steps (step-based
         # checkpoints and logging) and DDP has something to wrap
@@ -127,6 +131,7 @@ class KernelFlow(FlowModule):
         super().on_fit_start()
         world, rank = self._world()
         self.flow.distributed = (world, rank, self._all_gather_object) if world > 1 else None
+        self.flow.device = self.device if self.device.type != "cpu" else None
 
     def training_step(self, batch, batch_idx):
         world, _ = self._world()

@@ -60,18 +60,19 @@ def fs_distance_matrix(z: torch.Tensor, w: torch.Tensor | None = None, block: in
     return torch.cat([fs_distance_block(z[i : i + block], w) for i in range(0, len(z), block)])
 
 
-def embed(z: torch.Tensor) -> np.ndarray:
-    """The point u u^H (u = z/|z|) of P^n as a real vector with its Frobenius norm: [N, n+1] -> [N, (n+1)^2].
+def embed(z: torch.Tensor) -> torch.Tensor:
+    """The point u u^H (u = z/|z|) of P^n as a real vector with its Frobenius norm: [N, n+1] -> [N, (n+1)^2] float64.
 
-    |u u^H - v v^H|_F^2 = 2 sin^2 d_FS(u, v), increasing in the FS distance: Euclidean nearest
+    <E(u), E(v)> = tr(u u^H v v^H) = |<u, v>|^2 = cos^2 d_FS(u, v), so all pairs' cos^2 d come from one real
+    matrix product, and |E(u) - E(v)|^2 = 2 sin^2 d_FS(u, v) is increasing in the FS distance: Euclidean nearest
     neighbours of the embedded points are FS-nearest neighbours.
     """
-    u = unit(z.to(torch.complex128)).cpu()
+    u = unit(z.to(torch.complex128))
     n1 = u.shape[-1]
     P = u[:, :, None] * u.conj()[:, None, :]
-    iu = torch.triu_indices(n1, n1, 1)
+    iu = torch.triu_indices(n1, n1, 1, device=u.device)
     off = P[:, iu[0], iu[1]] * math.sqrt(2.0)
-    return torch.cat([P.diagonal(dim1=1, dim2=2).real, off.real, off.imag], 1).numpy()
+    return torch.cat([P.diagonal(dim1=1, dim2=2).real, off.real, off.imag], 1)
 
 
 class NearestIndex:
@@ -84,7 +85,7 @@ class NearestIndex:
         if z.ndim != 2 or len(z) == 0:
             raise ValueError(f"NearestIndex needs a non-empty [N, n+1] point set, got {tuple(z.shape)}")
         self.z = z.to(torch.complex128)
-        self.tree = cKDTree(embed(self.z))
+        self.tree = cKDTree(embed(self.z).cpu().numpy())
 
     def query(self, q: torch.Tensor, upper: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(FS distance [N], index [N]) of each query point's nearest indexed point.
@@ -92,7 +93,7 @@ class NearestIndex:
         upper [N]: a known FS distance to some indexed point (e.g. the one a noised point came from); it bounds
         the search (much faster for points near the set), and the answer is still exact.
         """
-        E = embed(q)
+        E = embed(q).cpu().numpy()
         if upper is None:
             _, idx = self.tree.query(E, k=1)
         else:

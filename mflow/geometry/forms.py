@@ -91,3 +91,36 @@ def gradient_to_ambient(F: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
 def form_from_ambient(F: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
     """F H F^H: [N, n+1, n+1] -> [N, m, m] in the chart of F."""
     return F @ H @ dagger(F)
+
+
+# ----------------------------------------------------------------------------- Hermitian matrices as real components
+def hermitian(v: torch.Tensor, m: int) -> torch.Tensor:
+    """Hermitian m x m matrices from m^2 reals (m diagonal, m(m-1)/2 complex upper entries): [N, m^2] -> [N, m, m]."""
+    iu = torch.triu_indices(m, m, offset=1, device=v.device)
+    k = iu.shape[1]
+    H = torch.diag_embed(v[:, :m].to(torch.complex128))
+    upper = torch.complex(v[:, m : m + k], v[:, m + k : m + 2 * k])
+    U = scatter_upper(upper, iu, m)
+    return H + U + U.conj().transpose(-1, -2)
+
+
+def scatter_upper(upper: torch.Tensor, iu: torch.Tensor, m: int) -> torch.Tensor:
+    """Place [N, k] values at the strictly upper positions iu of m x m matrices, out of place."""
+    flat = iu[0] * m + iu[1]
+    onehot = torch.nn.functional.one_hot(flat, m * m).to(upper.dtype)  # [k, m*m]
+    return (upper @ onehot).reshape(len(upper), m, m)
+
+
+def real_components(g: torch.Tensor) -> torch.Tensor:
+    """The m^2 real components of Hermitian g: [..., m, m] -> [..., m^2].
+
+    Order: g_00..g_(m-1)(m-1) (real), Re g_ab then Im g_ab for a < b (row-major): the input of
+    :func:`hermitian`, so ``hermitian(real_components(g), m) == g``.
+    """
+    m = g.shape[-1]
+    iu = torch.triu_indices(m, m, offset=1, device=g.device)
+    up = g[..., iu[0], iu[1]]
+    diag = g.diagonal(dim1=-2, dim2=-1)
+    if not g.is_complex():
+        return torch.cat([diag, up, torch.zeros_like(up)], -1)
+    return torch.cat([diag.real, up.real, up.imag], -1)

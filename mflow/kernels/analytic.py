@@ -26,12 +26,13 @@ from typing import Callable
 import torch
 
 from mflow.checks import integer, positive
-from mflow.geometry.distance import fs_distance_block, nearest_neighbours
+from mflow.geometry.distance import NEAR, embed, fs_distance, fs_distance_block, nearest_neighbours
 from mflow.geometry.points import as_features, as_z, raw_points
 from mflow.models.cosine import normalising_amplitude
 
 
 DEFAULT_BLOCK = 1024
+NEAR_FLOAT32 = 0.05  # float32 tiles of FS-distance kernels: pairs with 1 - |<u, v>| below this are recomputed exactly
 
 
 def _rhs(v: torch.Tensor, nb: int) -> torch.Tensor:
@@ -78,9 +79,13 @@ class Kernel:
             out[i : i + k.shape[0], j : j + k.shape[1]] = k
         return out
 
-    def apply(self, xa, xb, v: torch.Tensor, block: int = DEFAULT_BLOCK) -> torch.Tensor:
-        """sum_b k(x_a, x_b) v_b: v [Nb, ...] -> [Na, ...], one [block, block] tile in memory at a time.
+    def apply(self, xa, xb, v: torch.Tensor, block: int = DEFAULT_BLOCK, dtype: torch.dtype = torch.float64,
+              device=None) -> torch.Tensor:
+        """sum_b k(x_a, x_b) v_b: v [Nb, ...] -> [Na, ...], matrix-free: one [block, block] tile at a time is formed,
+        multiplied and dropped (memory O(block^2), never Na x Nb).
 
+        dtype: of the tiles and their products (float32 halves the work; the sums over tiles are float64);
+        device: where the tiles are computed (default: the points'), e.g. CUDA; the result is on the points' device.
         With v = dl/dg [Nb, n-1, n-1] this is minus the frozen flow's right-hand side (eq. 2.12, 2.23).
         """
         integer("block", block)
@@ -89,12 +94,18 @@ class Kernel:
         flat = v.reshape(len(v), -1)
         if v.is_complex():  # k is real: act on (Re, Im) pairs with one real product
             flat = torch.view_as_real(flat).reshape(len(v), -1)
-        out = torch.zeros(len(pa), flat.shape[1], dtype=torch.float64)
-        for i, j, k in self._tiles(pa, pb, block):
-            out[i : i + k.shape[0]] += k @ flat[j : j + k.shape[1]]
+        home, dev = pa.device, torch.device(device) if device is not None else pa.device
+        out = self._apply_real(pa.to(dev), pb.to(dev), flat.to(dev, dtype), block, dtype).to(home)
         if v.is_complex():
             out = torch.view_as_complex(out.reshape(len(pa), -1, 2))
         return out.reshape(len(pa), *v.shape[1:])
+
+    def _apply_real(self, pa, pb, V, block: int, dtype: torch.dtype) -> torch.Tensor:
+        """sum_b k(a, b) V_b for a real V [Nb, C] (already of the tiles' dtype and device): -> [Na, C] float64."""
+        out = torch.zeros(len(pa), V.shape[1], dtype=torch.float64, device=pa.device)
+        for i, j, k in self._tiles(pa, pb, block):
+            out[i : i + k.shape[0]] += (k.to(dtype) @ V[j : j + k.shape[1]]).double()
+        return out
 
 
 # ----------------------------------------------------------------------------- ReLU NTK
@@ -199,12 +210,37 @@ class GaussianFS(Kernel):
         object.__setattr__(self, "sigma", positive("sigma", self.sigma))
         object.__setattr__(self, "zero_below", positive("zero_below", self.zero_below, allow_zero=True))
 
-    def _block(self, za, zb):
-        d = fs_distance_block(za, zb)
+    def _of_distance(self, d: torch.Tensor) -> torch.Tensor:
+        """k as a function of d, in place: [..] -> [..]."""
         if self.zero_below > 0:
-            d = torch.where(d < self.zero_below, 0.0, d)
+            d.masked_fill_(d < self.zero_below, 0.0)
         width = 1 / self.sigma if self.inverse else self.sigma
-        return torch.exp(-(d**2) / (2 * width**2)) if self.squared else torch.exp(-d / (2 * width))
+        if self.squared:
+            return d.square_().mul_(-1 / (2 * width**2)).exp_()
+        return d.mul_(-1 / (2 * width)).exp_()
+
+    def _block(self, za, zb):
+        return self._of_distance(fs_distance_block(za, zb))
+
+    def _apply_real(self, za, zb, V, block: int, dtype: torch.dtype) -> torch.Tensor:
+        """The matrix-free sum for the FS-distance kernel: per tile, cos^2 d of all pairs from one real matrix
+        product of the embeddings u u^H (mflow.geometry.distance.embed), then d and k in place, then k @ V.
+        arccos of cos^2 d loses half the digits near d = 0 (eq. 3.4): the close pairs, 1 - |<u, v>| below NEAR
+        (float64) or NEAR_FLOAT32 (float32, d < ~0.3), are recomputed exactly (as in fs_distance_block), which keeps
+        float64 at round-off and float32 within 1e-6 of it."""
+        Ea, Eb = embed(za).to(dtype), embed(zb).to(dtype)
+        near = (1 - (NEAR if dtype == torch.float64 else NEAR_FLOAT32)) ** 2
+        out = torch.zeros(len(za), V.shape[1], dtype=torch.float64, device=za.device)
+        for i in range(0, len(za), block):
+            for j in range(0, len(zb), block):
+                c = Ea[i : i + block] @ Eb[j : j + block].T  # cos^2 d
+                fix = (c > near).nonzero()
+                k = self._of_distance(c.clamp_(0.0, 1.0).sqrt_().arccos_())
+                if len(fix):
+                    a, b = fix[:, 0] + i, fix[:, 1] + j
+                    k[fix[:, 0], fix[:, 1]] = self._of_distance(fs_distance(za[a], zb[b])).to(dtype)
+                out[i : i + block] += (k @ V[j : j + block]).double()
+        return out
 
 
 class DeltaKernel(Kernel):
@@ -237,7 +273,8 @@ class DeltaKernel(Kernel):
         zb = za if xb is None else self.prepare(xb)
         return self._block(za, zb)
 
-    def apply(self, xa, xb, v, block: int = DEFAULT_BLOCK) -> torch.Tensor:
+    def apply(self, xa, xb, v, block: int = DEFAULT_BLOCK, dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
+        """v of each x_a's nearest x_b, exactly (no tiles: dtype and device do not apply)."""
         integer("block", block)
         za, zb = self.prepare(xa), self.prepare(xb)
         return _rhs(v, len(zb))[self._nearest(za, zb)]
@@ -277,9 +314,9 @@ class Scaled(Kernel):
         hb = self._h(xa if xb is None else xb)
         return self._h(xa)[:, None] * self.kernel.matrix(xa, xb, block) * hb[None, :]
 
-    def apply(self, xa, xb, v, block: int = DEFAULT_BLOCK):
+    def apply(self, xa, xb, v, block: int = DEFAULT_BLOCK, dtype: torch.dtype = torch.float64, device=None):
         hb = self._h(xb)
         v = _rhs(v, len(hb))
         shape = (-1,) + (1,) * (v.ndim - 1)
-        out = self.kernel.apply(xa, xb, hb.reshape(shape) * v, block)
+        out = self.kernel.apply(xa, xb, hb.reshape(shape) * v, block, dtype, device)
         return self._h(xa).reshape(shape) * out

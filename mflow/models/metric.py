@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..geometry import charts
+from ..geometry.forms import hermitian, scatter_upper
 from ..geometry.hypersurface import Hypersurface
 from ..geometry.points import features as chart_features
 from . import taylor
@@ -33,29 +34,12 @@ def invariant_features(z: torch.Tensor) -> torch.Tensor:
     return torch.cat([vals.real, vals[:, ~diag].imag], -1)
 
 
-def hermitian(v: torch.Tensor, m: int) -> torch.Tensor:
-    """Hermitian m x m matrices from m^2 reals (m diagonal, m(m-1)/2 complex upper entries): [N, m^2] -> [N, m, m]."""
-    iu = torch.triu_indices(m, m, offset=1, device=v.device)
-    k = iu.shape[1]
-    H = torch.diag_embed(v[:, :m].to(torch.complex128))
-    upper = torch.complex(v[:, m : m + k], v[:, m + k : m + 2 * k])
-    U = _scatter_upper(upper, iu, m)
-    return H + U + U.conj().transpose(-1, -2)
-
-
-def _scatter_upper(upper: torch.Tensor, iu: torch.Tensor, m: int) -> torch.Tensor:
-    """Place [N, k] values at the strictly upper positions iu of m x m matrices, out of place."""
-    flat = iu[0] * m + iu[1]
-    onehot = torch.nn.functional.one_hot(flat, m * m).to(upper.dtype)  # [k, m*m]
-    return (upper @ onehot).reshape(len(upper), m, m)
-
-
 def cholesky_metric(v: torch.Tensor, m: int) -> torch.Tensor:
     """g = L L^dagger, L lower triangular with exp(v) on the diagonal: positive definite by construction."""
     iu = torch.triu_indices(m, m, offset=1, device=v.device)
     k = iu.shape[1]
     upper = torch.complex(v[:, m : m + k], v[:, m + k : m + 2 * k])
-    L = torch.diag_embed(torch.exp(v[:, :m]).to(torch.complex128)) + _scatter_upper(upper, iu, m).conj().transpose(-1, -2)
+    L = torch.diag_embed(torch.exp(v[:, :m]).to(torch.complex128)) + scatter_upper(upper, iu, m).conj().transpose(-1, -2)
     return L @ L.conj().transpose(-1, -2)
 
 

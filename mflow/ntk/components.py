@@ -14,24 +14,12 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from mflow.geometry.forms import real_components
+
 Points = object  # CYPoints or (z, patch, elim)
 
 OutputFn = Callable[[dict, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
-
-def real_components(g: torch.Tensor) -> torch.Tensor:
-    """The m^2 real components of Hermitian g: [..., m, m] -> [..., m^2].
-
-    Order: g_00..g_(m-1)(m-1) (real), Re g_ab then Im g_ab for a < b (row-major): the input of
-    mflow.models.metric.hermitian, so ``hermitian(real_components(g), m) == g``.
-    """
-    m = g.shape[-1]
-    iu = torch.triu_indices(m, m, offset=1, device=g.device)
-    up = g[..., iu[0], iu[1]]
-    diag = g.diagonal(dim1=-2, dim2=-1)
-    if not g.is_complex():
-        return torch.cat([diag, up, torch.zeros_like(up)], -1)
-    return torch.cat([diag.real, up.real, up.imag], -1)
 
 def component_names(m: int) -> list[str]:
     """Names of the real components in :func:`real_components` order, e.g. 'g00', 'Re g01', 'Im g12'."""
