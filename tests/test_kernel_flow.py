@@ -1,5 +1,6 @@
 """Frozen-kernel metric flows (mflow.flows.kernel, mflow.flows.kernel_module, mflow.data.clustered): eq. 2.12 against dense references,
 chart handling, prediction, PD policies, checkpoints, bad input, DDP."""
+import json
 import math
 import os
 import subprocess
@@ -530,3 +531,69 @@ def test_the_rescaling_trick_is_reachable_from_a_config(quintic, split, tmp_path
     assert type(trainer.lightning_module.flow.kernel).__name__ == "Scaled" and trainer.state.finished
     with pytest.raises(ValueError, match="kernel 'scaled' takes"):
         KernelFlow(kernel="scaled", kernel_params={"sigma": 1.0})
+
+
+# ----------------------------------------------------------------------------- the network's own metric-NTK
+def _network_checkpoint(module, path):
+    import lightning
+
+    ck = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "epoch": 0, "global_step": 0,
+          "pytorch-lightning_version": lightning.__version__}
+    module.on_save_checkpoint(ck)
+    torch.save(seal(ck), path)
+    return path
+
+
+def test_the_network_ntk_flow_of_a_linearized_model_is_its_sgd_trajectory(quintic, split, tmp_path):
+    """eq. 2.10-2.12: SGD on the linearised network moves g by -lr Theta_0 dL/dr, with Theta_0 its metric-NTK; the
+    frozen flow with kernel network_ntk (base: the network) of its checkpoint takes the same steps, and predicts the
+    same metric at test points, to round-off."""
+    from mflow.flows import NetworkFlow
+
+    train, test, kappa = split
+    module = NetworkFlow(head="multfs", depth=2, width=16, activation="relu", out_scale=0.3, linearize=True,
+                         optimizer="sgd", init_seed=3)
+    ckpt = _network_checkpoint(module, tmp_path / "linearized.ckpt")
+    model, lr, steps = module.model, 0.05, 3
+    batch = train.as_batch()
+    k = torch.tensor(kappa, dtype=torch.float64)
+    for _ in range(steps):  # plain full-batch SGD on the sigma loss (NetworkFlow's training step with optimizer sgd)
+        model.zero_grad()
+        losses.sigma_loss(model(train.z, train.patch, train.elim), batch, k).backward()
+        with torch.no_grad():
+            for p in model.parameters():
+                p -= lr * p.grad
+    with torch.no_grad():
+        g_train, g_test = model(train.z, train.patch, train.elim), model(test.z, test.patch, test.elim)
+    flow_module = KernelFlow(kernel="network_ntk", kernel_params={"checkpoint": str(ckpt), "base": "network"}, lr=lr,
+                             reduction="mean", pd_policy="stop")
+    f = flow_module.flow.attach(train, kappa)
+    for _ in range(steps):
+        f.flow_step()
+    assert not torch.allclose(g_train, f.base_metric(train.as_batch()), rtol=1e-6, atol=0)  # the steps moved g
+    assert torch.allclose(f.metric, g_train, rtol=1e-9, atol=1e-13)
+    assert torch.allclose(f.predict_metric(test), g_test, rtol=1e-9, atol=1e-13)
+    # base fs: the same corrections, added to g_FS (the after kernel's flow)
+    fs = KernelFlow(kernel="network_ntk", kernel_params={"checkpoint": str(ckpt)}, lr=lr).flow.attach(train, kappa)
+    assert torch.equal(fs.metric, train.g_fs)
+    # a kernel flow checkpoint refuses a network checkpoint that changed since
+    ck = {"state_dict": flow_module.state_dict(), "hyper_parameters": dict(flow_module.hparams)}
+    flow_module.on_save_checkpoint(ck)
+    _network_checkpoint(NetworkFlow(head="multfs", depth=2, width=16, activation="relu", linearize=True, init_seed=4), ckpt)
+    with pytest.raises(ValueError, match="has changed"):
+        KernelFlow(kernel="network_ntk", kernel_params={"checkpoint": str(ckpt), "base": "network"}).on_load_checkpoint(ck)
+
+
+def test_the_network_ntk_kernel_runs_from_the_command_line(tmp_path):
+    from mflow.cli.train import main
+    from mflow.flows import NetworkFlow
+
+    ckpt = _network_checkpoint(NetworkFlow(head="multfs", depth=2, width=8, init_seed=1), tmp_path / "net.ckpt")
+    trainer = main([
+        "--config", str(ROOT / "conf" / "kernel_gaussian.yaml"), "--model.kernel=network_ntk",
+        f"--model.kernel_params={{checkpoint: {ckpt}}}", "--model.normalize=false", "--model.lr=0.01",
+        "--data.n_points=300", "--trainer.max_epochs=2", "--trainer.check_val_every_n_epoch=1", "--wandb=disabled",
+        f"--run_dir={tmp_path / 'run'}", f"--data.cache_dir={tmp_path / 'data'}",
+    ])
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert type(trainer.lightning_module.flow.kernel).__name__ == "NetworkNTK" and s["gain"]["train"] > 1

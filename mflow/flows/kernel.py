@@ -12,7 +12,8 @@ per-train-point coefficients C(x') = sum over steps of lr G(x') are kept, so tha
     g(x) = g_FS(x) - sum_{x'} k(x, x') C(x')
 
 (the same at the train points, by linearity): val / test / noised points are predicted from the kernel
-alone. Clustered: every step is one cluster, only that cluster's points are updated and only its points
+alone. The kernel can also be a network's full metric-NTK (mflow.kernels.network.NetworkNTK: the "after
+kernel" of a trained network), applied to the metric components in each point's own chart. Clustered: every step is one cluster, only that cluster's points are updated and only its points
 contribute (the kernel between clusters is neglected, sec. 3.1); a new point takes the cluster of its
 FS-nearest train point. Unclustered: every batch B updates all train points, with Kernel.apply (memory
 O(block^2), never N^2).
@@ -130,6 +131,9 @@ class FrozenKernelFlow(nn.Module):
             raise ValueError(f"pd_margin must be in [0, 1), got {pd_margin!r}")
         if not (cache_mb >= 0):
             raise ValueError(f"cache_mb must be >= 0, got {cache_mb!r}")
+        self.metric_kernel = bool(getattr(kernel, "acts_on_components", False))
+        if self.metric_kernel and normalize:
+            raise ValueError("normalize applies to scalar kernels; the network's metric-NTK is used as it is")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
         self.tile_dtype, self.device = PRECISIONS[precision], device  # of the kernel tiles (mflow.kernels Kernel.apply)
@@ -166,7 +170,7 @@ class FrozenKernelFlow(nn.Module):
         self._groups: list[torch.Tensor] | None = None
 
     def attach(self, train: CYPoints, kappa: float, labels: torch.Tensor | None = None) -> "FrozenKernelFlow":
-        """Start the flow on the train split: state g = g_FS, C = 0.
+        """Start the flow on the train split: state g = the base metric (g_FS, or a NetworkNTK's network), C = 0.
 
         labels [N] (cluster of each train point) makes the flow clustered. In reject mode only the points
         in the most common chart are kept (row_of maps split rows to state rows, -1 if left out).
@@ -191,7 +195,7 @@ class FrozenKernelFlow(nn.Module):
         new = {
             "train_z": p.z, "train_patch": p.patch, "train_elim": p.elim, "train_pullback": p.pullback,
             "train_g_fs": p.g_fs, "train_weights": p.weights, "train_omega_sq": p.omega_sq,
-            "metric": p.g_fs.clone(), "coeff": torch.zeros_like(p.g_fs),
+            "metric": self.base_metric(p.as_batch()), "coeff": torch.zeros_like(p.g_fs),
             "labels": labels[keep] if labels is not None else torch.zeros(0, dtype=torch.int64), "row_of": row_of,
         }
         for k, v in new.items():
@@ -243,11 +247,16 @@ class FrozenKernelFlow(nn.Module):
         return n
 
     # ------------------------------------------------------------------ the kernel sum
+    def base_metric(self, points: dict) -> torch.Tensor:
+        """The metric the corrections are added to: g_FS, or the kernel's own (a network's, NetworkNTK base 'network')."""
+        g = self.kernel.base_metric(points) if self.metric_kernel else None
+        return points["g_fs"].clone() if g is None else g.to(points["g_fs"])
+
     def _cached_matrix(self, group: int | None) -> torch.Tensor | None:
         """The kernel matrix of a cluster (group = its label) or of all train points (None), if ALL such
         matrices fit in cache_mb together (a decision on sizes alone, so that resumed flows compute the same)."""
         sizes = [len(g) ** 2 * 8 for g in self.groups()]
-        if self.cache_mb <= 0 or sum(sizes) > self.cache_mb * 2**20:
+        if self.metric_kernel or self.cache_mb <= 0 or sum(sizes) > self.cache_mb * 2**20:
             return None
         key = -1 if group is None else group
         if key not in self._cache:
@@ -281,6 +290,8 @@ class FrozenKernelFlow(nn.Module):
         return hermitian(S, V.shape[-1])
 
     def _kernel_sum(self, tgt: dict, src: dict, V: torch.Tensor, K) -> torch.Tensor:
+        if self.metric_kernel:  # a network's metric-NTK maps each point's chart to each point's chart itself
+            return hermitian_part(self.kernel.apply_metric(tgt, src, V))
         if self.chart_mode == "ambient":
             H = hermitian_part(gradient_to_ambient(ambient_frame(src["z"], src["pullback"]), V))
             S = self._kapply(tgt["z"], src["z"], H, K)
@@ -444,12 +455,13 @@ class FrozenKernelFlow(nn.Module):
         """
         d = points.as_batch() if isinstance(points, CYPoints) else points
         d = {k: d[k].cpu() for k in ("z", "patch", "elim", "pullback", "g_fs")}
+        base = self.base_metric(d)
         if self.n_train == 0:
-            return d["g_fs"].clone()
+            return base
         if use_state and len(d["z"]) == self.n_train and torch.equal(d["z"], self.train_z.cpu()):
             return self.metric.cpu().clone()
         if not bool(self.clustered):
-            return d["g_fs"] - self._predict_from(_chart_fields(d), torch.arange(self.n_train))
+            return base - self._predict_from(_chart_fields(d), torch.arange(self.n_train))
         if self._index is None:
             self._index = NearestIndex(self.train_z)
         cl = self.labels[self._index.query(d["z"])[1]]
@@ -457,7 +469,7 @@ class FrozenKernelFlow(nn.Module):
         for c in torch.unique(cl).tolist():
             sel = cl == c
             S[sel] = self._predict_from({k: v[sel] for k, v in _chart_fields(d).items()}, self.groups()[c])
-        return d["g_fs"] - S
+        return base - S
 
     def _predict_from(self, tgt: dict, src: torch.Tensor) -> torch.Tensor:
         srcp = self.rows(src)

@@ -14,10 +14,11 @@ from mflow.checks import integer
 from mflow.geometry import volume
 from mflow.geometry.points import CYPoints
 from mflow.kernels.analytic import DEFAULT_BLOCK
+from mflow.kernels.network import NetworkNTK
 from mflow.kernels.registry import kernel as make_kernel
 
 from .base import FlowModule, datamodule_of
-from .checkpoint import CheckpointError, install_checkpoint_io
+from .checkpoint import CheckpointError, install_checkpoint_io, read_checkpoint
 from .kernel import FrozenKernelFlow
 
 
@@ -26,10 +27,12 @@ class KernelFlow(FlowModule):
 
     Args:
         manifold, psi, ambient_n, surface_seed: the hypersurface (linked from the data config).
-        kernel: relu | cosine | gaussian | delta | empirical | scaled (mflow.kernels.registry); kernel_params: its
-            parameters, e.g. {depth: 1, sigma_w: 5.716, sigma_b: 80.52} (relu), {sigma: 30.0, inverse: true}
-            (gaussian), {kernel: gaussian, kernel_params: {sigma: 30.0, inverse: true}, h: det_g_fs, power: -0.25}
-            (scaled: the rescaling trick h(x) h(x') k(x, x'), eq. 2.16).
+        kernel: relu | cosine | gaussian | delta | empirical | scaled | network_ntk (mflow.kernels.registry);
+            kernel_params: its parameters, e.g. {depth: 1, sigma_w: 5.716, sigma_b: 80.52} (relu), {sigma: 30.0,
+            inverse: true} (gaussian), {kernel: gaussian, kernel_params: {sigma: 30.0, inverse: true}, h: det_g_fs,
+            power: -0.25} (scaled: the rescaling trick h(x) h(x') k(x, x'), eq. 2.16), {checkpoint: <a network's
+            .ckpt>, base: fs | network} (network_ntk: that network's empirical metric-NTK, frozen; the checkpoint
+            must stay where it is, and a changed one is refused).
         lr: step size of eq. 2.12; lr_step_decay: multiplicative factor per flow step (1: constant, as in the paper).
         loss: a METRIC loss of mflow.losses (sigma, ultra_local_square, ultra_local_entropy, volume).
         reduction: "mean": G = gradient of the batch loss as mflow.losses defines it (weighted mean over the batch,
@@ -77,8 +80,12 @@ class KernelFlow(FlowModule):
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.kernel_name, self.kernel_params = kernel, kernel_params
+        self.kernel_digest = None
         try:
-            k = make_kernel(kernel, self.surface, **kernel_params)
+            if kernel == "network_ntk":
+                k = self._network_kernel(**kernel_params)
+            else:
+                k = make_kernel(kernel, self.surface, **kernel_params)
         except TypeError as e:
             raise ValueError(f"bad kernel_params {kernel_params} for kernel {kernel!r}: {e}") from None
         self.steps_per_batch = integer("steps_per_batch", steps_per_batch)
@@ -88,6 +95,17 @@ class KernelFlow(FlowModule):
         # a parameter that never moves (SGD with lr 0): Lightning then counts flow steps as global steps (step-based
         # checkpoints and logging) and DDP has something to wrap
         self._step_anchor = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
+
+    def _network_kernel(self, checkpoint: str, base: str = "fs") -> NetworkNTK:
+        """The frozen metric-NTK of the network in a NetworkFlow checkpoint (read and checked, mflow.flows.checkpoint)."""
+        from .network import NetworkFlow
+
+        ck = read_checkpoint(checkpoint)
+        network = NetworkFlow.load_from_checkpoint(checkpoint, map_location="cpu")
+        if network.surface.fingerprint() != self.surface.fingerprint():
+            raise ValueError(f"{checkpoint} is a network on {network.surface.name}, not on {self.surface.name}")
+        self.kernel_digest = ck["mflow"].get("checksum")
+        return NetworkNTK(network.model.requires_grad_(False), base)
 
     @property
     def kappa(self) -> torch.Tensor:
@@ -191,7 +209,7 @@ class KernelFlow(FlowModule):
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_meta(self) -> dict:
         return {**super().checkpoint_meta(), "kernel": self.kernel_name, "kernel_params": dict(self.kernel_params),
-                "chart_mode": self.flow.chart_mode, "n_train": self.flow.n_train}
+                "chart_mode": self.flow.chart_mode, "n_train": self.flow.n_train, "kernel_digest": self.kernel_digest}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
@@ -200,3 +218,6 @@ class KernelFlow(FlowModule):
         theirs = (meta.get("kernel"), dict(meta.get("kernel_params") or {}), meta.get("chart_mode"))
         if mine != theirs:
             raise CheckpointError(f"the checkpoint is a flow with (kernel, params, chart_mode) = {theirs}, this model has {mine}")
+        if meta.get("kernel_digest") != self.kernel_digest:
+            raise CheckpointError(f"the network checkpoint {self.kernel_params.get('checkpoint')} of this kernel flow has "
+                                  "changed since the flow was written: its metric-NTK is not the flow's")

@@ -124,3 +124,14 @@ def real_components(g: torch.Tensor) -> torch.Tensor:
     if not g.is_complex():
         return torch.cat([diag, up, torch.zeros_like(up)], -1)
     return torch.cat([diag.real, up.real, up.imag], -1)
+
+
+def dual_components(G: torch.Tensor) -> torch.Tensor:
+    """dL/dr for r = real_components(g), from torch's gradient G of a real loss w.r.t. Hermitian g: [..., m, m] -> [..., m^2].
+
+    dL = Re sum conj(G_ij) dg_ij, and an off-diagonal r moves g_ab and g_ba together, so dL/dr is Re G_aa on the
+    diagonal and 2 Re G_ab, 2 Im G_ab (a < b) off it (G Hermitian). A metric-NTK in the real components r acts on these.
+    """
+    m = G.shape[-1]
+    r = real_components(G)
+    return torch.cat([r[..., :m], 2 * r[..., m:]], -1)

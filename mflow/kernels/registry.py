@@ -10,9 +10,10 @@ from mflow.geometry.volume import real_det
 
 from .analytic import CosineNTK, DeltaKernel, GaussianFS, Kernel, ReluNTK, Scaled
 from .empirical import EmpiricalNTK
+from .network import NetworkNTK
 
 KERNELS = {"relu": ReluNTK, "cosine": CosineNTK, "gaussian": GaussianFS, "delta": DeltaKernel, "empirical": EmpiricalNTK,
-           "scaled": Scaled}
+           "scaled": Scaled, "network_ntk": NetworkNTK}
 H_FUNCTIONS = ("det_g_fs", "weight")
 
 
@@ -34,9 +35,10 @@ def scale_function(surface, h: str, power: float):
 
 
 def kernel(name: str, surface=None, **params) -> Kernel:
-    """A kernel by name (relu, cosine, gaussian, delta, empirical, scaled), e.g. kernel('gaussian', sigma=30.0,
-    inverse=True) (Table 1). 'scaled' (eq. 2.16) takes {kernel: <name>, kernel_params: {...}, h: det_g_fs | weight,
-    power: p} and needs the surface the points lie on."""
+    """A kernel by name (relu, cosine, gaussian, delta, empirical, scaled, network_ntk), e.g. kernel('gaussian',
+    sigma=30.0, inverse=True) (Table 1). 'scaled' (eq. 2.16) takes {kernel: <name>, kernel_params: {...}, h: det_g_fs |
+    weight, power: p} and needs the surface the points lie on; 'network_ntk' takes {model: a metric network, base}
+    (KernelFlow loads the model from a checkpoint)."""
     if name not in KERNELS:
         raise ValueError(f"unknown kernel {name!r}; choose one of {sorted(KERNELS)}")
     if name != "scaled":
