@@ -252,7 +252,7 @@ def main(argv=None) -> dict:
         scaling[pop] = json.loads(path.read_text())
         path = out / f"local-{pop}.json"
         if not path.exists():
-            write_json(path, {"rows": local_bound(pop, cfg["sizes"])})
+            write_json(path, {"rows": local_bound(pop, cfg["sizes"], cfg.get("local_test_points", 5000))})
         bounds[pop] = json.loads(path.read_text())["rows"]
     result = {"config": cfg, "paper": PAPER, "runs": rows, "scaling": scaling, "local_bound": bounds}
     write_json(out / "paper_kernels.json", result)

@@ -79,3 +79,46 @@ def test_width_study_records_a_failed_run_and_does_not_rerun_it(tmp_path, monkey
     assert (tmp_path / "w8" / "network" / "error.json").exists() and "failed" in (tmp_path / "width_study.md").read_text()
     monkeypatch.setattr(width, "train", lambda *a, **k: pytest.fail("a failed run was rerun"))
     assert width.main(args)["runs"][0]["error"] == a["runs"][0]["error"]
+
+
+def test_after_kernel_study_runs_and_resumes(tmp_path, monkeypatch):
+    from studies import after_kernel
+
+    cfg = tmp_path / "ak.yaml"
+    cfg.write_text(
+        "networks:\n  tiny: {config: conf/default.yaml, epochs: [0, 1], args: [--data.n_points=600, --data.batch_size=64,"
+        " '--trainer.callbacks=[]', --model.width=8, --model.depth=1]}\n"
+        "train_points: 40\ntest_points: 50\nprobe_points: 6\n"
+        "flow: {loss: sigma, reduction: mean, steps: 3, lr_step_decay: 0.99, lr_grid: [0.1, 1.0], search_steps: 2}\n"
+    )
+    res = after_kernel.main(["--config", str(cfg), "--out", str(tmp_path / "ak")])
+    rows = res["tiny"]
+    assert [r["epochs"] for r in rows] == [0, 1] and rows[0]["drift"]["relative_change"] == 0.0
+    assert rows[1]["drift"]["relative_change"] > 0 and all(-1 <= r["alignment"] <= 1 for r in rows)
+    assert all(r["after_kernel"]["test_gain"] > 0 and r["network_test_gain"] > 0 for r in rows)
+    assert (tmp_path / "ak" / "after_kernel.png").stat().st_size > 1000
+    monkeypatch.setattr(after_kernel, "measure", lambda *a, **k: pytest.fail("a finished checkpoint was re-measured"))
+    monkeypatch.setattr(after_kernel.subprocess, "run", lambda *a, **k: pytest.fail("a trained network was retrained"))
+    assert after_kernel.main(["--config", str(cfg), "--out", str(tmp_path / "ak")])["tiny"] == rows
+
+
+def test_paper_kernel_study_runs_and_resumes(tmp_path, monkeypatch):
+    from studies import paper_kernels
+
+    cfg = tmp_path / "pk.yaml"
+    cfg.write_text(
+        "sizes: [200]\nkernels: [delta]\npopulations: [one_chart, all_charts]\n"
+        "variants:\n  paper: conf/paper/kernel_{kernel}.yaml\n  mflow: conf/kernel_{kernel}.yaml\n"
+        "points_per_cluster: 5000\ncache_mb: 64\nscaling: [200, 400]\nlocal_test_points: 200\n"
+        "evaluate: [--n-test, '200', --n-noise, '40', --ricci-points, '0', --noise-levels, '1e-4', '1e-2', --distances, '0.01']\n"
+    )
+    monkeypatch.setattr(paper_kernels, "train_args", lambda c, r, run, f=paper_kernels.train_args: f(c, r, run) + [
+        "--trainer.max_epochs=2"])
+    res = paper_kernels.main(["--config", str(cfg), "--out", str(tmp_path / "pk")])
+    assert len(res["runs"]) == 4 and all("error" not in r for r in res["runs"]), res["runs"]
+    by = {(r["variant"], r["population"]): r for r in res["runs"]}
+    assert by[("paper", "all_charts")]["train_points_used"] < by[("paper", "one_chart")]["train_points_used"] == 200
+    assert set(res["scaling"]) == {"one_chart", "all_charts"} and res["local_bound"]["one_chart"][0]["local_bound"] > 0
+    assert "| paper | one_chart | delta" in (tmp_path / "pk" / "paper_kernels.md").read_text()
+    monkeypatch.setattr(paper_kernels.subprocess, "run", lambda *a, **k: pytest.fail("a finished run was rerun"))
+    assert paper_kernels.main(["--config", str(cfg), "--out", str(tmp_path / "pk")])["runs"] == res["runs"]

@@ -1,0 +1,228 @@
+"""The after kernel: is the network's advantage over its frozen NTK the kernel adapting to the data?
+
+For each network of the config (conf/relu_baseline.yaml's ReLU MultFS, conf/best.yaml's PhiFS) trained by train.py
+as its config says, with a checkpoint after every epoch: at the config's epochs (0 = initialisation),
+  * the network's own test gain (sigma_FS / sigma on fresh test points);
+  * the after-kernel flow's test gain: the empirical metric-NTK of the checkpoint, frozen (mflow.kernels.network,
+    the full Theta_ijkl(x, x') by NTK-vector products), as the kernel of the frozen flow (eq. 2.12) from g_FS on the
+    first `train_points` of the network's train split, its step size picked from a grid (times N / lambda_max) by
+    the train gain of a short flow;
+  * the kernel's drift from initialisation on the probe points (trace kernel: relative change, CKA; NTKDrift's);
+  * its alignment with the target on test points: the cosine between what one flow step from g_FS does at the
+    test points, -Theta(test, train) dL/dr(train), and the ideal direction there, -dL/dr(test) (1: the kernel
+    moves the test points exactly downhill; 0: not at all).
+If the kernel taken after training generalises far better than the one at initialisation, the network's feature
+learning is (at least) its kernel adapting to the data.
+
+    python studies/after_kernel.py [--config conf/studies/after_kernel.yaml] [--out runs/after-kernel]
+
+Writes <out>/after_kernel.json, after_kernel.md and after_kernel.png; a network that finished training is not
+retrained and a finished checkpoint is not re-measured (<out>/<network>/measure-e<epoch>.json), so a killed study
+resumes.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from mflow import losses  # noqa: E402
+from mflow.data.datamodule import CYDataModule  # noqa: E402
+from mflow.data.pointset import sample_pointset  # noqa: E402
+from mflow.flows import FrozenKernelFlow, NetworkFlow  # noqa: E402
+from mflow.flows.checkpoint import read_checkpoint  # noqa: E402
+from mflow.geometry import volume  # noqa: E402
+from mflow.geometry.forms import dual_components  # noqa: E402
+from mflow.io import atomic_write, pyplot, write_json, write_png  # noqa: E402
+from mflow.kernels.network import NetworkNTK  # noqa: E402
+from mflow.ntk import cka, metric_ntk, ntk_vp, relative_change  # noqa: E402
+
+TEST_SEED = 7_654_321
+
+
+def train_network(cfg: dict, out: Path) -> Path:
+    """train.py with the network's config and a checkpoint after every epoch (<run>/epochs/e<epoch>.ckpt, 0-based)."""
+    run = out / "run"
+    if not (run / "summary.json").exists():
+        resume = (run / "checkpoints" / "last.ckpt").exists()
+        args = ["--resume", str(run)] if resume else [
+            "--config", str(ROOT / cfg["config"]), f"--run_dir={run}", "--wandb=disabled",
+            "--trainer.enable_progress_bar=false", f"--trainer.max_epochs={max(cfg['epochs'])}", *cfg.get("args", []),
+            "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint", f"--trainer.callbacks.dirpath={run / 'epochs'}",
+            "--trainer.callbacks.filename=e{epoch}", "--trainer.callbacks.auto_insert_metric_name=false",
+            "--trainer.callbacks.every_n_epochs=1", "--trainer.callbacks.save_top_k=-1",
+        ]
+        subprocess.run([sys.executable, str(ROOT / "train.py"), *args], check=True, cwd=ROOT)
+    return run
+
+
+def network_at(run: Path, epochs_done: int) -> NetworkFlow:
+    """The network after `epochs_done` epochs (0: at initialisation, rebuilt from the run's configuration)."""
+    if epochs_done == 0:
+        init = yaml.safe_load((run / "config.yaml").read_text())["model"]["init_args"]
+        return NetworkFlow(**init)
+    path = run / "epochs" / f"e{epochs_done - 1}.ckpt"
+    read_checkpoint(path)
+    return NetworkFlow.load_from_checkpoint(path, map_location="cpu")
+
+
+def sigma(points, g) -> float:
+    return float(volume.sigma(points.weights, volume.real_det(g), points.omega_sq))
+
+
+def lambda_max(model, pts, iters: int = 15) -> float:
+    """Largest eigenvalue of the metric-NTK on the points (power iteration with NTK-vector products)."""
+    p = (pts.z, pts.patch, pts.elim)
+    v = torch.randn(len(pts), pts.g_fs.shape[-1] ** 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    lam = 0.0
+    for _ in range(iters):
+        v = v / v.norm()
+        w = ntk_vp(model, p, p, v, params={k: t.detach() for k, t in model.named_parameters()})
+        lam = float((v * w).sum())
+        v = w
+    return lam
+
+
+def after_kernel_flow(model, surface, train, test, kappa: float, fc: dict) -> dict:
+    """The frozen flow with the model's metric-NTK from g_FS: the step picked from the grid, then the full flow."""
+    kernel = NetworkNTK(model, "fs")
+    lam = lambda_max(model, train)
+
+    def flow(lr, steps):
+        f = FrozenKernelFlow(surface, kernel, lr=lr, lr_step_decay=fc["lr_step_decay"], loss=fc["loss"],
+                             reduction=fc["reduction"], pd_policy="backtrack", max_backtracks=30).attach(train, kappa)
+        for _ in range(steps):
+            f.flow_step()
+        return f
+
+    s0 = sigma(train, train.g_fs)
+    trials = {}
+    for c in fc["lr_grid"]:
+        try:
+            trials[c] = s0 / float(flow(c * len(train) / lam, fc["search_steps"]).train_sigma())
+        except (FloatingPointError, ValueError):
+            trials[c] = 0.0
+    c = max(trials, key=trials.get)
+    f = flow(c * len(train) / lam, fc["steps"])
+    return {"lambda_max": lam, "lr_scale": c, "search": [[k, v] for k, v in trials.items()],
+            "train_gain": s0 / float(f.train_sigma()),
+            "test_gain": sigma(test, test.g_fs) / sigma(test, f.predict_metric(test))}
+
+
+def alignment(model, train, test, kappa: float) -> float:
+    """cos(-Theta(test, train) dL/dr(train), -dL/dr(test)) at g_FS (module doc)."""
+    params = {k: t.detach() for k, t in model.named_parameters()}
+    k = torch.tensor(kappa, dtype=torch.float64)
+
+    def grad(p):
+        g = p.g_fs.clone().requires_grad_(True)
+        (G,) = torch.autograd.grad(losses.sigma_loss(g, p.as_batch(), k), g)
+        return dual_components((G + G.conj().transpose(-1, -2)) / 2)
+
+    u = ntk_vp(model, (test.z, test.patch, test.elim), (train.z, train.patch, train.elim), grad(train), params=params)
+    y = grad(test)
+    return float((u * y).sum() / (u.norm() * y.norm()))
+
+
+def measure(run: Path, epochs_done: int, data: dict, c: dict, K0) -> dict:
+    module = network_at(run, epochs_done)
+    model = module.model.eval()
+    train, test, probe, kappa = data["train"], data["test"], data["probe"], data["kappa"]
+    with torch.no_grad():
+        g_test = module.predict_metric(test)
+    K = metric_ntk(model, probe, kind="trace").detach()
+    out = {"epochs": epochs_done, "network_test_gain": sigma(test, test.g_fs) / sigma(test, g_test),
+           "drift": {"relative_change": relative_change(K, K0) if K0 is not None else 0.0,
+                     "cka": cka(K, K0) if K0 is not None else 1.0},
+           "alignment": alignment(model, train, test, kappa)}
+    out["after_kernel"] = after_kernel_flow(model, module.surface, train, test, kappa, c["flow"])
+    return out, K
+
+
+def table(res: dict) -> str:
+    lines = ["| network | epochs | network test gain | after-kernel test gain | after-kernel train gain | kernel drift "
+             "(rel. change) | CKA with K_0 | test alignment |", "|---|---|---|---|---|---|---|---|"]
+    for name, rows in res.items():
+        for r in rows:
+            a = r["after_kernel"]
+            lines.append(f"| {name} | {r['epochs']} | {r['network_test_gain']:.3g} | {a['test_gain']:.3g} | "
+                         f"{a['train_gain']:.3g} | {r['drift']['relative_change']:.3g} | {r['drift']['cka']:.3f} | "
+                         f"{r['alignment']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def figure(res: dict):
+    plt = pyplot()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for i, (name, rows) in enumerate(res.items()):
+        e = [max(r["epochs"], 0.5) for r in rows]
+        a.plot(e, [r["network_test_gain"] for r in rows], "-o", color=f"C{i}", label=f"{name}: network")
+        a.plot(e, [r["after_kernel"]["test_gain"] for r in rows], "--s", color=f"C{i}", label=f"{name}: its frozen kernel")
+        b.plot(e, [r["alignment"] for r in rows], "-o", color=f"C{i}", label=f"{name}: test alignment")
+        b.plot(e, [r["drift"]["cka"] for r in rows], ":^", color=f"C{i}", label=f"{name}: CKA with K_0")
+    a.set(xscale="log", yscale="log", xlabel="epochs trained (0 plotted at 0.5)", ylabel="test gain",
+          title="network vs the flow of its kernel frozen at that epoch")
+    b.set(xscale="log", xlabel="epochs trained", ylabel="cosine / CKA", title="kernel: alignment with the test target, drift")
+    for ax in (a, b):
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", default=str(ROOT / "conf" / "studies" / "after_kernel.yaml"))
+    p.add_argument("--out", default="runs/after-kernel")
+    p.add_argument("--networks", nargs="+", help="only these networks of the config")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override a top-level YAML key (tests)")
+    a = p.parse_args(argv)
+    c = yaml.safe_load(Path(a.config).read_text())
+    for kv in a.set:
+        k, v = kv.split("=", 1)
+        c[k] = yaml.safe_load(v)
+    out = Path(a.out)
+    res = {}
+    for name, ncfg in c["networks"].items():
+        if a.networks and name not in a.networks:
+            continue
+        run = train_network(ncfg, out / name)
+        dm_args = yaml.safe_load((run / "config.yaml").read_text())["data"]["init_args"]
+        dm = CYDataModule(**{k: v for k, v in dm_args.items() if k in inspect.signature(CYDataModule).parameters})
+        dm.setup()
+        data = {"train": dm.train[: c["train_points"]], "probe": dm.val[: c["probe_points"]],
+                "test": sample_pointset(dm.surface, c["test_points"], TEST_SEED, population=dm.population),
+                "kappa": float(dm.kappa_fs)}
+        rows, K0 = [], None
+        for e in ncfg["epochs"]:
+            path = out / name / f"measure-e{e}.json"
+            if path.exists():
+                row = json.loads(path.read_text())
+                if K0 is None:
+                    K0 = metric_ntk(network_at(run, 0).model, data["probe"], kind="trace").detach()
+            else:
+                row, K = measure(run, e, data, c, K0)
+                K0 = K if K0 is None else K0
+                write_json(path, row)
+            rows.append(row)
+            print(f"[after kernel] {name}, epoch {e}: network {row['network_test_gain']:.3g}, "
+                  f"frozen kernel {row['after_kernel']['test_gain']:.3g}", flush=True)
+        res[name] = rows
+    write_json(out / "after_kernel.json", {"config": c, "networks": res})
+    text = table(res)
+    atomic_write(out / "after_kernel.md", lambda tmp: Path(tmp).write_text(text))
+    write_png(out / "after_kernel.png", figure(res), dpi=100)
+    print(text)
+    return res
+
+
+if __name__ == "__main__":
+    main()
