@@ -29,7 +29,7 @@ from mflow.geometry.hypersurface import CDTYPE, RDTYPE, Hypersurface
 from mflow.geometry.points import CYPoints, cat_points, check_on_surface, cy_points, sample
 from mflow.io import atomic_write
 
-from .population import check_population, sample_population
+from .population import check_population, rejection_chunk, sample_population
 
 FORMAT = "mflow-pointset"
 FORMAT_VERSION = 1
@@ -66,12 +66,14 @@ def sample_pointset(
 
     At most chunk_size points are held in intermediate buffers at a time: n_points <= chunk_size is
     exactly ``sample(surface, n_points, seed)``; larger sets join chunks sampled with ``chunk_seed(seed, k)``.
-    one_chart keeps the chart's points of chunks of chunk_size (seeds chunk_seed(seed, k)) until it has n_points.
+    one_chart keeps the chart's points of chunks (mflow.data.population.rejection_chunk points, seeds
+    chunk_seed(seed, k)) until it has n_points.
     The result depends on (surface, n_points, seed, chunk_size, population) only. Points dropped for tied patches
     (probability ~1e-12 each) are not replaced, so len() may be a hair below n_points.
     """
     if check_population(population) == "one_chart":
-        return sample_population(surface, n_points, seed, chunk_size, lambda k: sample(surface, chunk_size, chunk_seed(seed, k)))
+        step = rejection_chunk(n_points, chunk_size)
+        return sample_population(surface, n_points, seed, step, lambda k: sample(surface, step, chunk_seed(seed, k)))
     if n_points <= chunk_size:
         return sample(surface, n_points, seed)
     sizes = [min(chunk_size, n_points - i) for i in range(0, n_points, chunk_size)]

@@ -53,6 +53,12 @@ def in_population(points: CYPoints, surface: Hypersurface, population: str) -> t
     return (points.patch == patch) & (points.elim == elim)
 
 
+def rejection_chunk(n_points: int, chunk_size: int) -> int:
+    """Points sampled per rejection round for n_points of one chart: ~25x the need (a chart holds ~5% of the
+    quintic's points), at least 20k, at most chunk_size."""
+    return min(chunk_size, max(20_000, 25 * n_points))
+
+
 def sample_population(surface: Hypersurface, n_points: int, seed: int, chunk_size: int, sample_chunk) -> CYPoints:
     """n_points of a one_chart population by rejection: chunks ``sample_chunk(k)`` (chunk_size points each, seeded
     by (seed, k)) are sampled and their points of the chart kept, in order, until there are n_points."""
