@@ -35,6 +35,8 @@ class NetworkFlow(FlowModule):
             linearized model's step is exactly the discrete frozen metric-NTK flow, eq. 2.12).
         lr: learning rate; lr_decay: multiplicative decay per epoch.
         init_seed: seed of the network's initialisation (not the data's ``seed``, so that the two can differ).
+        precision: float64 | float32: the network's arithmetic (geometry, g and losses stay float64).
+        compile: torch.compile the network's part of the training step (first steps slower while it compiles).
         linearize: train the first-order Taylor expansion of the network in its parameters at
             initialisation (eq. 2.10, mflow.ntk.linearized.LinearizedModel) instead of the network: its
             metric-NTK stays the initial one (eq. 2.11), the frozen-kernel limit at finite width.
@@ -63,6 +65,8 @@ class NetworkFlow(FlowModule):
         lr_decay: float = 1.0,
         init_seed: int = 0,
         linearize: bool = False,
+        precision: str = "float64",
+        compile: bool = False,
     ):
         super().__init__(manifold, psi, ambient_n, surface_seed)
         loss_weights = {"sigma": 1.0} if loss_weights is None else loss_weights
@@ -72,10 +76,13 @@ class NetworkFlow(FlowModule):
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {sorted(OPTIMIZERS)}")
         self.loss_weights = losses_.check_weights(loss_weights)
+        # losses of g alone (no derivatives of g in z): the points' stored pullback and g_FS serve the model
+        self.stored_geometry = set(self.loss_weights) <= set(losses_.METRIC_LOSSES)
         with torch.random.fork_rng():
             torch.manual_seed(init_seed)
             self.model = MetricModel(
-                self.surface, head, depth, width, activation, parametrization, sigma_w, sigma_b, features, out_scale
+                self.surface, head, depth, width, activation, parametrization, sigma_w, sigma_b, features, out_scale,
+                precision, compile,
             )
         if linearize:
             self.model = LinearizedModel(self.model)
@@ -84,6 +91,8 @@ class NetworkFlow(FlowModule):
 
     # ------------------------------------------------------------------ the metric
     def metric(self, batch: dict) -> torch.Tensor:
+        if self.stored_geometry and "pullback" in batch and "g_fs" in batch:
+            return self.model(batch["z"], batch["patch"], batch["elim"], batch["pullback"], batch["g_fs"])
         return self.model(batch["z"], batch["patch"], batch["elim"])
 
     @torch.no_grad()
@@ -91,8 +100,8 @@ class NetworkFlow(FlowModule):
         """g at every point (CYPoints or batch dict), block by block: -> [N, n-1, n-1] on the CPU."""
         b = points.as_batch() if isinstance(points, CYPoints) else points
         n = len(b["z"])
-        out = [self.metric({k: b[k][i : i + block].to(self.device) for k in ("z", "patch", "elim")}).cpu()
-               for i in range(0, n, block)]
+        keys = [k for k in ("z", "patch", "elim", "pullback", "g_fs") if k in b]
+        out = [self.metric({k: b[k][i : i + block].to(self.device) for k in keys}).cpu() for i in range(0, n, block)]
         return torch.cat(out) if out else torch.zeros(0, self.surface.dim, self.surface.dim, dtype=torch.complex128)
 
     # ------------------------------------------------------------------ steps

@@ -19,6 +19,7 @@ from .mlp import MLP
 
 HEADS = ("free", "addfs", "multfs", "matrixfs", "phifs")
 FEATURES = ("chart", "invariant")
+PRECISIONS = {"float64": torch.float64, "float32": torch.float32}
 
 
 def invariant_features(z: torch.Tensor) -> torch.Tensor:
@@ -51,6 +52,9 @@ class MetricModel(nn.Module):
     phifs (g_FS + d dbar phi pulled back: Kaehler by construction).
     out_scale multiplies the network output (the rescaling trick of eq. 2.15 with constant h),
     so that at initialisation g stays close to g_FS.
+    precision: of the network's arithmetic (float32 halves its cost; its parameters, the geometry, g and the losses
+    stay float64). compile: torch.compile the network's part of the forward (its first call compiles, ~15 s per
+    batch shape); derivative transforms (the metric-NTK, curvature) always run it eagerly.
     """
 
     def __init__(
@@ -65,8 +69,12 @@ class MetricModel(nn.Module):
         sigma_b: float = 0.0,
         features: str = "chart",
         out_scale: float = 0.01,
+        precision: str = "float64",
+        compile: bool = False,
     ):
         super().__init__()
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
         if head not in HEADS:
             raise ValueError(f"unknown head {head!r}; choose one of {HEADS}")
         if features not in FEATURES:
@@ -77,13 +85,29 @@ class MetricModel(nn.Module):
         d_in = 2 * n1 if features == "chart" else n1 * n1
         d_out = 1 if head == "phifs" else self.m * self.m
         self.net = MLP(d_in, d_out, depth, width, activation, parametrization, sigma_w, sigma_b)
+        self.dtype = PRECISIONS[precision]
+        self.compile = compile
+        self._compiled = {}
+
+    def _run(self, name: str, fn, *args):
+        """fn(*args), compiled (once per function) if asked and no derivative transform is active."""
+        if not self.compile or torch._C._functorch.is_functorch_wrapped_tensor(args[-1]):
+            return fn(*args)
+        if name not in self._compiled:
+            self._compiled[name] = torch.compile(fn, dynamic=False)
+        return self._compiled[name](*args)
+
+    def __getstate__(self):  # copies and pickles leave compiled functions behind: they compile their own
+        state = dict(super().__getstate__())
+        state["_compiled"] = {}
+        return state
 
     def inputs(self, z: torch.Tensor) -> torch.Tensor:
         return chart_features(z) if self.features == "chart" else invariant_features(z)
 
     def network(self, z: torch.Tensor) -> torch.Tensor:
-        """Scaled network output at z: [N, n+1] -> [N, d_out]."""
-        return self.out_scale * self.net(self.inputs(z))
+        """Scaled network output at z: [N, n+1] -> [N, d_out] (float64; computed in the model's precision)."""
+        return self.out_scale * self._run("net", self.net, self.inputs(z).to(self.dtype)).double()
 
     def phi(self, z: torch.Tensor) -> torch.Tensor:
         """Kaehler potential correction phi(z) (phifs): [N, n+1] -> [N]."""
@@ -92,12 +116,16 @@ class MetricModel(nn.Module):
     def ddbar_phi(self, z: torch.Tensor, J: torch.Tensor) -> torch.Tensor:
         """d_a dbar_b phi along X by Taylor-mode propagation (mflow.models.taylor): -> [N, m, m]."""
         jets = taylor.chart_feature_jets if self.features == "chart" else taylor.invariant_feature_jets
-        _, _, dd = taylor.mlp_ddbar(self.net.net, *jets(z, J))
-        return self.out_scale * dd[..., 0]
+        u, du, ddu = (t.to(self.dtype) for t in jets(z, J))
+        _, _, dd = self._run("ddbar", taylor.mlp_ddbar, self.net.net, u, du, ddu)
+        return self.out_scale * taylor.hermitian_from_pairs(dd.double(), self.m)[..., 0]
 
-    def forward(self, z: torch.Tensor, patch: torch.Tensor, elim: torch.Tensor) -> torch.Tensor:
-        J = charts.pullback(self.surface.gradient(z), patch, elim)
-        g_fs = charts.pull_back(J, charts.fs_metric(z))
+    def forward(self, z: torch.Tensor, patch: torch.Tensor, elim: torch.Tensor, J: torch.Tensor | None = None,
+                g_fs: torch.Tensor | None = None) -> torch.Tensor:
+        """g at points z [N, n+1] in charts (patch, elim) [N]: -> [N, m, m]. J (the pullback) and g_fs may be
+        given when g is not differentiated in z (a point set's stored geometry saves recomputing it)."""
+        J = charts.pullback(self.surface.gradient(z), patch, elim) if J is None else J
+        g_fs = charts.pull_back(J, charts.fs_metric(z)) if g_fs is None else g_fs
         if self.head == "phifs":
             return g_fs + self.ddbar_phi(z, J)
         v = self.network(z)

@@ -47,7 +47,8 @@ class Dense(nn.Module):
         self.bias = nn.Parameter(torch.randn(d_out, dtype=torch.float64) * std_b)
 
     def forward(self, x):
-        return self.w_scale * (x @ self.weight.T) + self.b_scale * self.bias
+        """In the input's precision (float32 inputs: the float64 parameters are cast for the product)."""
+        return self.w_scale * (x @ self.weight.T.to(x.dtype)) + self.b_scale * self.bias.to(x.dtype)
 
 
 class MLP(nn.Module):

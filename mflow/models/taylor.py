@@ -6,7 +6,11 @@ d_a and the mixed second derivatives d_a dbar_b are carried through the layers t
 as batched matrix products:
   linear  h = W a + b:   dh = W da,            ddh = W dda
   act.    s = f(h):      ds = f'(h) dh,        dds_ab = f''(h) dh_a conj(dh_b) + f'(h) ddh_ab
-(for real h, dbar_b h = conj(d_b h)). Only the input features are differentiated with torch.func.
+(for real h, dbar_b h = conj(d_b h)). Only the input features are differentiated by hand (their jets).
+
+Layout (the work is real arithmetic only, on contiguous tensors): a jet is (u, du, ddu) with
+  u [N, F] real, du [2, N, m, F] real (Re, Im of d_a u), ddu [2, N, P, F] real (Re, Im of d_a dbar_b u for the
+  P = m(m+1)/2 pairs a <= b, in :func:`pairs` order; d dbar u is Hermitian in (a, b), so the rest follows).
 """
 from __future__ import annotations
 
@@ -14,7 +18,23 @@ import math
 
 import torch
 from torch import nn
+
 from .mlp import Cos, Dense
+
+
+def pairs(m: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a, b) with a <= b, row-major: the P = m(m+1)/2 entries of a Hermitian m x m matrix that determine it."""
+    return torch.triu_indices(m, m, device=device)
+
+
+def hermitian_from_pairs(dd: torch.Tensor, m: int) -> torch.Tensor:
+    """[2, N, P, O] real (Re, Im of the a <= b entries) -> [N, m, m, O] complex Hermitian in (a, b)."""
+    a, b = pairs(m, dd.device)
+    upper = torch.complex(dd[0], dd[1])  # [N, P, O]
+    out = torch.zeros(dd.shape[1], m, m, dd.shape[-1], dtype=upper.dtype, device=dd.device)
+    out[:, a, b] = upper
+    out[:, b, a] = upper.conj()
+    return out
 
 
 def _derivatives(act: nn.Module, h: torch.Tensor):
@@ -33,14 +53,20 @@ def _derivatives(act: nn.Module, h: torch.Tensor):
     raise TypeError(f"no Taylor-mode rule for activation {act}")
 
 
+def _stack(c: torch.Tensor) -> torch.Tensor:
+    """complex [...] -> real [2, ...] (Re, Im)."""
+    return torch.stack([c.real, c.imag])
+
+
 def chart_feature_jets(z: torch.Tensor, J: torch.Tensor):
     """Jets of u = [Re z, Im z] along z(x) = z + x^a J_a: linear, so d dbar u = 0.
 
-    z [N, n+1], J [N, m, n+1] -> u [N, F], du [N, m, F], ddu [N, m, m, F] (F = 2(n+1)).
+    z [N, n+1], J [N, m, n+1] -> u [N, F], du [2, N, m, F], ddu [2, N, P, F] (F = 2(n+1)).
     """
+    m = J.shape[1]
     du = torch.cat([J / 2, -1j * J / 2], -1)
-    ddu = torch.zeros(*J.shape[:2], *J.shape[1:2], du.shape[-1], dtype=du.dtype, device=J.device)
-    return torch.cat([z.real, z.imag], -1), du, ddu
+    ddu = torch.zeros(2, len(z), m * (m + 1) // 2, du.shape[-1], dtype=torch.float64, device=J.device)
+    return torch.cat([z.real, z.imag], -1), _stack(du), ddu
 
 
 def invariant_feature_jets(z: torch.Tensor, J: torch.Tensor):
@@ -51,22 +77,24 @@ def invariant_feature_jets(z: torch.Tensor, J: torch.Tensor):
       d_a dbar_b P_ij = J_ai Jb_bj / r - J_ai zb_j sb_b / r^2 - z_i Jb_bj s_a / r^2
                         - z_i zb_j ((J J^+)_ab / r^2 - 2 s_a sb_b / r^3),
     and conj(P_ij) = P_ji gives the real and imaginary parts.
-    z [N, n+1], J [N, m, n+1] -> u [N, F], du [N, m, F], ddu [N, m, m, F] (F = (n+1)^2).
+    z [N, n+1], J [N, m, n+1] -> u [N, F], du [2, N, m, F], ddu [2, N, P, F] (F = (n+1)^2, P = m(m+1)/2 pairs a <= b).
     """
     n1 = z.shape[-1]
+    a, b = pairs(J.shape[1], z.device)
     zb, Jb = z.conj(), J.conj()
     r = (z.abs() ** 2).sum(-1)[:, None]  # [N, 1]
     s = (J @ zb[:, :, None])[..., 0]  # [N, m]
     P = z[:, :, None] * zb[:, None, :] / r[..., None]  # [N, i, j]
     dP = (J[:, :, :, None] * zb[:, None, None, :] - s[:, :, None, None] * P[:, None]) / r[:, :, None, None]
-    JJ = J @ Jb.transpose(-1, -2)  # [N, a, b]
-    r2 = r[:, :, None, None, None]
+    JJ = (J[:, a] * Jb[:, b]).sum(-1)  # [N, P]: (J J^+)_ab
+    Ja, Jbb, sa, sbb = J[:, a], Jb[:, b], s[:, a], s.conj()[:, b]  # [N, P, n+1] and [N, P]
+    r2 = r[:, :, None, None]
     ddP = (
-        J[:, :, None, :, None] * Jb[:, None, :, None, :] / r2
-        - J[:, :, None, :, None] * zb[:, None, None, None, :] * s.conj()[:, None, :, None, None] / r2**2
-        - z[:, None, None, :, None] * Jb[:, None, :, None, :] * s[:, :, None, None, None] / r2**2
-        - P[:, None, None] * (JJ[..., None, None] / r2 - 2 * s[:, :, None, None, None] * s.conj()[:, None, :, None, None] / r2**2)
-    )  # [N, a, b, i, j]
+        Ja[:, :, :, None] * Jbb[:, :, None, :] / r2
+        - Ja[:, :, :, None] * zb[:, None, None, :] * sbb[:, :, None, None] / r2**2
+        - z[:, None, :, None] * Jbb[:, :, None, :] * sa[:, :, None, None] / r2**2
+        - P[:, None] * (JJ[..., None, None] / r2 - 2 * (sa * sbb)[..., None, None] / r2**2)
+    )  # [N, P, i, j]
     iu = torch.triu_indices(n1, n1, device=z.device)
     off = iu[0] != iu[1]
     io, jo = iu[0][off], iu[1][off]
@@ -77,25 +105,29 @@ def invariant_feature_jets(z: torch.Tensor, J: torch.Tensor):
         return torch.cat([re, im], -1)
 
     u = torch.cat([P[:, iu[0], iu[1]].real, P[:, io, jo].imag], -1)
-    return u, parts(dP), parts(ddP)
+    return u, _stack(parts(dP)), _stack(parts(ddP))
 
 
 def mlp_ddbar(net: nn.Sequential, u: torch.Tensor, du: torch.Tensor, ddu: torch.Tensor):
-    """Propagate (value, d, d dbar) through Dense / activation layers, features last.
+    """Propagate (value, d, d dbar) through Dense / activation layers, features last (module doc's layout).
 
-    u [N, F], du [N, m, F], ddu [N, m, m, F] -> out [N, O], dout [N, m, O], ddout [N, m, m, O].
+    u [N, F], du [2, N, m, F], ddu [2, N, P, F] -> out [N, O], dout [2, N, m, O], ddout [2, N, P, O], in the jets'
+    precision (the float64 parameters are cast to it).
     """
-    a, da, dda = u, du, ddu
+    m = du.shape[2]
+    ia, ib = pairs(m, u.device)
+    x, d, dd = u, du, ddu
     for layer in net:
         if isinstance(layer, Dense):
-            Wt = (layer.w_scale * layer.weight).T  # [F, O]
-            a = a @ Wt + layer.b_scale * layer.bias
-            Wc = Wt.to(da.dtype)
-            da, dda = da @ Wc, dda @ Wc
+            Wt = (layer.w_scale * layer.weight).T.to(x.dtype)  # [F, O]
+            x = x @ Wt + (layer.b_scale * layer.bias).to(x.dtype)
+            d, dd = d @ Wt, dd @ Wt
         else:
-            d1, d2 = _derivatives(layer, a)
-            d1, d2 = d1[:, None, None, :], d2[:, None, None, :]
-            dda = d2 * da[:, :, None, :] * da.conj()[:, None, :, :] + d1 * dda
-            da = d1[:, 0] * da
-            a = layer(a)
-    return a, da, dda
+            d1, d2 = _derivatives(layer, x)
+            re, im = d[0], d[1]  # [N, m, O]
+            ra, ia_, rb, ib_ = re[:, ia], im[:, ia], re[:, ib], im[:, ib]
+            outer = torch.stack([ra * rb + ia_ * ib_, ia_ * rb - ra * ib_])  # d_a conj(d_b): [2, N, P, O]
+            dd = d2[:, None] * outer + d1[:, None] * dd
+            d = d1[:, None] * d
+            x = layer(x)
+    return x, d, dd

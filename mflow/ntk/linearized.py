@@ -71,11 +71,12 @@ class LinearizedModel(nn.Module):
         t0, t = self.theta0(), self.current()
         return torch.sqrt(sum(((t[n] - t0[n]) ** 2).sum() for n in self._names))
 
-    def forward(self, z: torch.Tensor, patch: torch.Tensor, elim: torch.Tensor) -> torch.Tensor:
-        """g^L at points z [N, n+1] in charts (patch, elim) [N]: -> [N, m, m] (eq. 2.10)."""
+    def forward(self, z: torch.Tensor, patch: torch.Tensor, elim: torch.Tensor, *geometry) -> torch.Tensor:
+        """g^L at points z [N, n+1] in charts (patch, elim) [N]: -> [N, m, m] (eq. 2.10); geometry: what the wrapped
+        model's forward takes besides (e.g. the stored pullback and g_FS)."""
         t0, t = self.theta0(), self.current()
         delta = {n: t[n] - t0[n] for n in self._names}
-        g0, dg = jvp(lambda p: functional_call(self.base, p, (z, patch, elim)), (t0,), (delta,))
+        g0, dg = jvp(lambda p: functional_call(self.base, p, (z, patch, elim, *geometry)), (t0,), (delta,))
         return g0 + dg
 
 
