@@ -10,7 +10,7 @@ from torch.func import functional_call
 from mflow import ntk
 from mflow.geometry.points import features, sample
 from mflow.ntk.linearized import LinearizedModel
-from mflow.models.metric import HEADS, MetricModel, hermitian
+from mflow.models.metric import HEADS, POTENTIAL_HEADS, MetricModel, hermitian
 from mflow.models.mlp import MLP
 from mflow.ntk.drift import (
     analytic_relu_network_kernel,
@@ -62,7 +62,7 @@ def xb(by_chart):
 def _model(quintic, head, seed=0, **kw):
     torch.manual_seed(seed)
     kw = {"depth": 2, "width": 6, "out_scale": 0.3, **kw}
-    return MetricModel(quintic, head, features="invariant" if head == "phifs" else "chart", **kw)
+    return MetricModel(quintic, head, features="invariant" if head in POTENTIAL_HEADS else "chart", **kw)
 
 
 def _close(a, b, tol=TOL):
@@ -89,7 +89,7 @@ def test_implementations_agree_for_every_head(quintic, xa, xb, head):
     idx = torch.arange(9)
     _close(ntk.metric_ntk(m, xa, xb, kind="diagonal", method="jacobian"), cross[:, :, idx, idx])
     _close(ntk.metric_ntk(m, xb, kind="trace", method="vp"), ntk.metric_ntk(m, xb, kind="trace", method="jacobian"))
-    if head == "phifs":  # g is a derivative of the net: no dense-layer factorisation
+    if head in POTENTIAL_HEADS:  # g is a derivative of the net: no dense-layer factorisation
         with pytest.raises(ntk.StructureError):
             ntk.metric_ntk(m, xa, method="structured")
     else:

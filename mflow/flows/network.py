@@ -26,7 +26,7 @@ class NetworkFlow(FlowModule):
 
     Args:
         manifold, psi, ambient_n, surface_seed: the hypersurface (linked from the data config).
-        head: free | addfs | multfs | matrixfs | phifs.
+        head: free | addfs | multfs | matrixfs | phifs | bihomogeneous.
         depth, width, activation, parametrization, sigma_w, sigma_b, features, out_scale:
             the network (mflow.models.metric.MetricModel).
         loss_weights: weight per loss term; terms: sigma, ultra_local_square, ultra_local_entropy,
@@ -57,7 +57,7 @@ class NetworkFlow(FlowModule):
         parametrization: str = "standard",
         sigma_w: float = 1.0,
         sigma_b: float = 0.0,
-        features: str = "chart",
+        features: str | None = None,
         out_scale: float = 0.01,
         loss_weights: dict[str, float] | None = None,
         optimizer: str = "adam",

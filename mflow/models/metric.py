@@ -15,9 +15,11 @@ from ..geometry.forms import hermitian, scatter_upper
 from ..geometry.hypersurface import Hypersurface
 from ..geometry.points import features as chart_features
 from . import taylor
+from .bihomogeneous import BihomogeneousNet
 from .mlp import MLP
 
-HEADS = ("free", "addfs", "multfs", "matrixfs", "phifs")
+HEADS = ("free", "addfs", "multfs", "matrixfs", "phifs", "bihomogeneous")
+POTENTIAL_HEADS = ("phifs", "bihomogeneous")  # g = g_FS + d dbar phi: Kaehler by construction
 FEATURES = ("chart", "invariant")
 PRECISIONS = {"float64": torch.float64, "float32": torch.float32}
 
@@ -49,9 +51,13 @@ class MetricModel(nn.Module):
 
     head: free (g = L L^dagger from the net, PD by construction), addfs (g_FS + herm(NN)),
     multfs (g_FS * (1 + herm(NN)) elementwise), matrixfs (g_FS + (g_FS H + H g_FS) / 2),
-    phifs (g_FS + d dbar phi pulled back: Kaehler by construction).
+    phifs (g_FS + d dbar phi pulled back: Kaehler by construction), bihomogeneous (g_FS + d dbar log Q / (D pi),
+    Q a positive polynomial network in z_i conj(z_j) / |z|^2 with `depth` square layers of `width`: the model
+    family of MLGeometry, mflow.models.bihomogeneous; activation and parametrisation do not apply to it).
+    features: chart or invariant (default: chart; the bihomogeneous head needs and defaults to invariant).
     out_scale multiplies the network output (the rescaling trick of eq. 2.15 with constant h),
-    so that at initialisation g stays close to g_FS.
+    so that at initialisation g stays close to g_FS (bihomogeneous: the size of the noise on its
+    near-identity initial weights).
     precision: of the network's arithmetic (float32 halves its cost; its parameters, the geometry, g and the losses
     stay float64). compile: torch.compile the network's part of the forward (its first call compiles, ~15 s per
     batch shape); derivative transforms (the metric-NTK, curvature) always run it eagerly.
@@ -67,7 +73,7 @@ class MetricModel(nn.Module):
         parametrization: str = "standard",
         sigma_w: float = 1.0,
         sigma_b: float = 0.0,
-        features: str = "chart",
+        features: str | None = None,
         out_scale: float = 0.01,
         precision: str = "float64",
         compile: bool = False,
@@ -77,14 +83,20 @@ class MetricModel(nn.Module):
             raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
         if head not in HEADS:
             raise ValueError(f"unknown head {head!r}; choose one of {HEADS}")
+        features = features or ("invariant" if head == "bihomogeneous" else "chart")
         if features not in FEATURES:
             raise ValueError(f"unknown features {features!r}; choose one of {FEATURES}")
+        if head == "bihomogeneous" and features != "invariant":
+            raise ValueError("the bihomogeneous head is a polynomial in z_i conj(z_j) / |z|^2: use features: invariant")
         self.surface, self.head, self.features, self.out_scale = surface, head, features, out_scale
         self.m = surface.dim
         n1 = surface.n + 1
-        d_in = 2 * n1 if features == "chart" else n1 * n1
-        d_out = 1 if head == "phifs" else self.m * self.m
-        self.net = MLP(d_in, d_out, depth, width, activation, parametrization, sigma_w, sigma_b)
+        if head == "bihomogeneous":
+            self.net = BihomogeneousNet(n1, width, depth, noise=out_scale)
+        else:
+            d_in = 2 * n1 if features == "chart" else n1 * n1
+            d_out = 1 if head == "phifs" else self.m * self.m
+            self.net = MLP(d_in, d_out, depth, width, activation, parametrization, sigma_w, sigma_b)
         self.dtype = PRECISIONS[precision]
         self.compile = compile
         self._compiled = {}
@@ -110,15 +122,24 @@ class MetricModel(nn.Module):
         return self.out_scale * self._run("net", self.net, self.inputs(z).to(self.dtype)).double()
 
     def phi(self, z: torch.Tensor) -> torch.Tensor:
-        """Kaehler potential correction phi(z) (phifs): [N, n+1] -> [N]."""
+        """Kaehler potential correction phi(z) (potential heads): [N, n+1] -> [N]."""
+        if self.head == "bihomogeneous":
+            Q = self._run("net", self.net, self.inputs(z).to(self.dtype)).double()
+            return torch.log(Q[:, 0]) / (self.net.degree * torch.pi)
         return self.network(z)[:, 0]
+
+    def _potential_jet(self, u: torch.Tensor, du: torch.Tensor, ddu: torch.Tensor):
+        """(phi, d phi, d dbar phi) from the features' jets (mflow.models.taylor's layout)."""
+        if self.head == "bihomogeneous":
+            return self.net.potential_jet(u, du, ddu)
+        return tuple(self.out_scale * t for t in taylor.mlp_ddbar(self.net.net, u, du, ddu))
 
     def ddbar_phi(self, z: torch.Tensor, J: torch.Tensor) -> torch.Tensor:
         """d_a dbar_b phi along X by Taylor-mode propagation (mflow.models.taylor): -> [N, m, m]."""
         jets = taylor.chart_feature_jets if self.features == "chart" else taylor.invariant_feature_jets
         u, du, ddu = (t.to(self.dtype) for t in jets(z, J))
-        _, _, dd = self._run("ddbar", taylor.mlp_ddbar, self.net.net, u, du, ddu)
-        return self.out_scale * taylor.hermitian_from_pairs(dd.double(), self.m)[..., 0]
+        _, _, dd = self._run("ddbar", self._potential_jet, u, du, ddu)
+        return taylor.hermitian_from_pairs(dd.double(), self.m)[..., 0]
 
     def forward(self, z: torch.Tensor, patch: torch.Tensor, elim: torch.Tensor, J: torch.Tensor | None = None,
                 g_fs: torch.Tensor | None = None) -> torch.Tensor:
@@ -126,7 +147,7 @@ class MetricModel(nn.Module):
         given when g is not differentiated in z (a point set's stored geometry saves recomputing it)."""
         J = charts.pullback(self.surface.gradient(z), patch, elim) if J is None else J
         g_fs = charts.pull_back(J, charts.fs_metric(z)) if g_fs is None else g_fs
-        if self.head == "phifs":
+        if self.head in POTENTIAL_HEADS:
             return g_fs + self.ddbar_phi(z, J)
         v = self.network(z)
         if self.head == "free":

@@ -25,6 +25,13 @@ class Cos(nn.Module):
         return torch.cos(x)
 
 
+class Square(nn.Module):
+    """x -> x^2: keeps a network without biases homogeneous (the bihomogeneous head) and doubles its degree."""
+
+    def forward(self, x):
+        return x * x
+
+
 def activation(name: str) -> nn.Module:
     if name not in ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
@@ -32,9 +39,12 @@ def activation(name: str) -> nn.Module:
 
 
 class Dense(nn.Module):
-    """One affine layer in 'ntk' or 'standard' parametrisation: [..., d_in] -> [..., d_out]."""
+    """One affine layer in 'ntk' or 'standard' parametrisation: [..., d_in] -> [..., d_out].
 
-    def __init__(self, d_in: int, d_out: int, parametrization: str = "standard", sigma_w: float = 1.0, sigma_b: float = 0.0):
+    bias=False: a linear layer (its bias a zero buffer, not trained)."""
+
+    def __init__(self, d_in: int, d_out: int, parametrization: str = "standard", sigma_w: float = 1.0, sigma_b: float = 0.0,
+                 bias: bool = True):
         super().__init__()
         if parametrization not in ("ntk", "standard"):
             raise ValueError(f"parametrization must be 'ntk' or 'standard', got {parametrization!r}")
@@ -44,7 +54,10 @@ class Dense(nn.Module):
         std_w = 1.0 if parametrization == "ntk" else sigma_w / math.sqrt(d_in)
         std_b = 1.0 if parametrization == "ntk" else sigma_b
         self.weight = nn.Parameter(torch.randn(d_out, d_in, dtype=torch.float64) * std_w)
-        self.bias = nn.Parameter(torch.randn(d_out, dtype=torch.float64) * std_b)
+        if bias:
+            self.bias = nn.Parameter(torch.randn(d_out, dtype=torch.float64) * std_b)
+        else:
+            self.register_buffer("bias", torch.zeros(d_out, dtype=torch.float64))
 
     def forward(self, x):
         """In the input's precision (float32 inputs: the float64 parameters are cast for the product)."""

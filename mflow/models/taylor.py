@@ -19,7 +19,7 @@ import math
 import torch
 from torch import nn
 
-from .mlp import Cos, Dense
+from .mlp import Cos, Dense, Square
 
 
 def pairs(m: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,6 +44,8 @@ def _derivatives(act: nn.Module, h: torch.Tensor):
     if isinstance(act, nn.Tanh):
         t = torch.tanh(h)
         return 1 - t**2, -2 * t * (1 - t**2)
+    if isinstance(act, Square):
+        return 2 * h, torch.full_like(h, 2.0)
     if isinstance(act, Cos):
         return -torch.sin(h), -torch.cos(h)
     if isinstance(act, nn.GELU) and act.approximate == "none":
@@ -108,14 +110,29 @@ def invariant_feature_jets(z: torch.Tensor, J: torch.Tensor):
     return u, _stack(parts(dP)), _stack(parts(ddP))
 
 
+def _outer(d: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """d_a conj(d_b) on the pairs (a, b): d [2, N, m, O] (Re, Im) -> [2, N, P, O]."""
+    ra, ia, rb, ib = d[0][:, a], d[1][:, a], d[0][:, b], d[1][:, b]
+    return torch.stack([ra * rb + ia * ib, ia * rb - ra * ib])
+
+
+def log_jet(x: torch.Tensor, d: torch.Tensor, dd: torch.Tensor):
+    """Jet of log x for a positive x: d log x = d x / x, d dbar log x = d dbar x / x - d x conj(d x) / x^2.
+
+    x [N, O], d [2, N, m, O], dd [2, N, P, O] -> the same shapes.
+    """
+    a, b = pairs(d.shape[2], x.device)
+    d = d / x[:, None]
+    return torch.log(x), d, dd / x[:, None] - _outer(d, a, b)
+
+
 def mlp_ddbar(net: nn.Sequential, u: torch.Tensor, du: torch.Tensor, ddu: torch.Tensor):
     """Propagate (value, d, d dbar) through Dense / activation layers, features last (module doc's layout).
 
     u [N, F], du [2, N, m, F], ddu [2, N, P, F] -> out [N, O], dout [2, N, m, O], ddout [2, N, P, O], in the jets'
     precision (the float64 parameters are cast to it).
     """
-    m = du.shape[2]
-    ia, ib = pairs(m, u.device)
+    a, b = pairs(du.shape[2], u.device)
     x, d, dd = u, du, ddu
     for layer in net:
         if isinstance(layer, Dense):
@@ -124,10 +141,7 @@ def mlp_ddbar(net: nn.Sequential, u: torch.Tensor, du: torch.Tensor, ddu: torch.
             d, dd = d @ Wt, dd @ Wt
         else:
             d1, d2 = _derivatives(layer, x)
-            re, im = d[0], d[1]  # [N, m, O]
-            ra, ia_, rb, ib_ = re[:, ia], im[:, ia], re[:, ib], im[:, ib]
-            outer = torch.stack([ra * rb + ia_ * ib_, ia_ * rb - ra * ib_])  # d_a conj(d_b): [2, N, P, O]
-            dd = d2[:, None] * outer + d1[:, None] * dd
+            dd = d2[:, None] * _outer(d, a, b) + d1[:, None] * dd
             d = d1[:, None] * d
             x = layer(x)
     return x, d, dd

@@ -46,10 +46,10 @@ def analytic_relu_network_kernel(model, points) -> torch.Tensor | None:
     second derivatives of K), so the drift callback compares the network-output kernel with it.
     """
     from mflow.kernels.analytic import ReluNTK
-    from mflow.models.mlp import Dense
+    from mflow.models.mlp import MLP, Dense
 
     base = getattr(model, "base", model)  # a LinearizedModel: its frozen theta_0 network
-    if not all(hasattr(base, a) for a in ("net", "inputs", "out_scale")):
+    if not isinstance(getattr(base, "net", None), MLP):
         return None
     layers = list(base.net.net)
     dense = [m for m in layers if isinstance(m, Dense)]
