@@ -18,8 +18,9 @@ from mflow.geometry.points import CYPoints
 def full_batch_loss(module, points: CYPoints, chunk: int) -> torch.Tensor:
     """The run's loss on all the points, its gradient accumulated chunk by chunk: returns the (detached) loss.
 
-    Every loss term is a weighted mean over its batch; the chunks' terms are weighted by their share of the
-    total weight, so that the sum is the loss of the whole set (exact for the metric losses).
+    The chunks' losses are weighted by their share of the total weight: the sum is the whole set's loss for every
+    term that is a weighted mean of a pointwise quantity (all but volume, which is the mean of its chunks' values,
+    as in training it is the mean of its batches' values).
     """
     total_w = float(points.weights.sum())
     total = 0.0
