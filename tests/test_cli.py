@@ -55,6 +55,7 @@ def test_user_errors_are_one_line_naming_what_to_change(tmp_path, capsys):
     cases = [
         (["--config", str(bad)], f"config file {bad} is not valid YAML at line 3"),
         (["--model.head=nonsense", "--trainer.fast_dev_run=1"], "unknown head 'nonsense'; choose one of"),
+        (["--model.head=phifs", "--trainer.fast_dev_run=1"], "phifs with activation relu"),
         (["--data.manifold=octic"], "unknown manifold 'octic'"),
         (["--data.manifold=dwork", "--data.psi=1.0"], "singular at psi^5 = 1"),
         (["--trainer.max_epochs=abc"], 'Parser key "trainer.max_epochs"'),

@@ -83,6 +83,9 @@ class MetricModel(nn.Module):
             raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
         if head not in HEADS:
             raise ValueError(f"unknown head {head!r}; choose one of {HEADS}")
+        if head == "phifs" and activation == "relu":
+            raise ValueError("phifs with activation relu: d dbar of a piecewise-linear phi vanishes, so g would stay "
+                             "g_FS; choose activation gelu, tanh or cos")
         features = features or ("invariant" if head == "bihomogeneous" else "chart")
         if features not in FEATURES:
             raise ValueError(f"unknown features {features!r}; choose one of {FEATURES}")
