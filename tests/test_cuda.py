@@ -51,12 +51,13 @@ def test_frozen_kernel_flow_on_cuda_equals_the_cpu(quintic, chart_mode):
     kappa = float(volume.kappa(train.weights, volume.real_det(train.g_fs), train.omega_sq))
     out = {}
     for device in ("cpu", "cuda"):
-        f = FrozenKernelFlow(quintic, make_kernel("gaussian", quintic, sigma=0.3), lr=0.1, chart_mode=chart_mode,
+        lr = {"ambient": 3.0, "reject": 0.003}[chart_mode]  # steps that lower sigma (reject sums, ambient means)
+        f = FrozenKernelFlow(quintic, make_kernel("gaussian", quintic, sigma=0.3), lr=lr, chart_mode=chart_mode,
                              device=device).attach(train, kappa)
         sigma0 = float(f.train_sigma())
         for _ in range(10):
             f.flow_step()
         out[device] = (float(f.train_sigma()), f.predict_metric(test).cpu())
-    assert out["cpu"][0] < 0.99 * sigma0  # the flow moved
+    assert out["cpu"][0] < 0.9 * sigma0  # the flow moved
     assert out["cuda"][0] == pytest.approx(out["cpu"][0], rel=1e-10)
     assert torch.allclose(out["cuda"][1], out["cpu"][1], rtol=1e-10, atol=1e-14)
