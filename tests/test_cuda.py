@@ -51,7 +51,7 @@ def test_frozen_kernel_flow_on_cuda_equals_the_cpu(quintic, chart_mode):
     kappa = float(volume.kappa(train.weights, volume.real_det(train.g_fs), train.omega_sq))
     out = {}
     for device in ("cpu", "cuda"):
-        lr = {"ambient": 3.0, "reject": 0.003}[chart_mode]  # steps that lower sigma (reject sums, ambient means)
+        lr = {"ambient": 3.0, "reject": 0.003}[chart_mode]  # steps that lower sigma within 10 steps here
         f = FrozenKernelFlow(quintic, make_kernel("gaussian", quintic, sigma=0.3), lr=lr, chart_mode=chart_mode,
                              device=device).attach(train, kappa)
         sigma0 = float(f.train_sigma())
