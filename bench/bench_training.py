@@ -1,97 +1,188 @@
-"""Training benchmark: seconds per epoch on 100k Fermat-quintic points (MultFS, PhiFS), sigma against
-wall time, the Ricci measure on 10k points, and the cost of the NTKDrift callback that the network
-configs switch on (--only drift: conf/default.yaml and conf/best.yaml with and without it).
-Writes bench/results/training.json (training-<only>.json with --only).
+"""Training benchmark (issue "Speed"): seconds per epoch of every head at several batch sizes, the network precision
+and compile variants, start-up overhead, and test sigma against wall time. Writes bench/results/training[-<part>].json.
 
-    python bench/bench_training.py [--epochs 10] [--points 100000] [--only multfs|phifs|ricci|drift]
+    python bench/bench_training.py speed   [--points 100000] [--batch-sizes 64 128 256 1024] [--heads ...] [--epochs 2]
+    python bench/bench_training.py variants [--points 100000] [--epochs 3]
+    python bench/bench_training.py startup
+    python bench/bench_training.py quality [--minutes 15] [--variants best f32c ...] [--finish-iterations 20]
+    common: [--accelerator cpu|gpu] [--threads N] [--out PATH]
+
+speed: each head in its shipped configuration (HEADS below), the NTKDrift callback off, 80% of --points as train
+points; a head's "seconds per epoch" is the median time of its training epochs after the first (the first includes
+warm-up and, with compile, compilation; it is reported apart), validation excluded.
+quality: test sigma (the run's own 10% test split) after every epoch against the wall time of training alone (the
+benchmark's evaluations are excluded), interpolated at 1, 5 and 15 minutes; a variant ending in "+finish" then runs
+finish.py's full-batch L-BFGS on its last checkpoint and adds the finish's time and test sigma.
 """
+from __future__ import annotations
+
 import argparse
 import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 
-from mflow.cli.train import main
-from mflow.geometry import curvature, volume
-from mflow.geometry.hypersurface import manifold
-from mflow.geometry.points import sample
-from mflow.io import write_json
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "results"
+sys.path.insert(0, str(ROOT))
 
-OUT = Path(__file__).resolve().parent / "results"
+from mflow.cli.finish import finish_checkpoint  # noqa: E402
+from mflow.cli.train import main  # noqa: E402
+from mflow.io import write_json  # noqa: E402
 
-
-class Clock(L.Callback):
-    """(epoch, seconds since fit start, val sigma) after every validation."""
-
-    def __init__(self):
-        self.series = []
-
-    def on_fit_start(self, trainer, pl_module):
-        self.t0 = time.perf_counter()
-
-    def on_validation_end(self, trainer, pl_module):
-        if trainer.sanity_checking:
-            return
-        sigma = trainer.callback_metrics.get("val/sigma")
-        self.series.append({"epoch": trainer.current_epoch, "seconds": time.perf_counter() - self.t0, "val_sigma": float(sigma)})
-
-
-def run(name, config, epochs, points, extra=()):
-    clock = Clock()
-    run_dir = OUT / f"train-{name}"
-    main([
-        "--config", config, f"--run_dir={run_dir}", f"--trainer.max_epochs={epochs}", f"--data.n_points={points}",
-        "--wandb=disabled", "--trainer.enable_progress_bar=false", "--data.cache_dir=data", *extra,
-    ], callbacks=[clock])
-    summary = json.loads((run_dir / "summary.json").read_text())
-    return {"seconds_per_epoch": summary["seconds_per_epoch"], "sigma_vs_time": clock.series, "summary": summary}
+HEADS = {  # head -> the configuration its figures come from
+    "multfs": ["--config", "conf/default.yaml"],
+    "free": ["--config", "conf/default.yaml", "--model.head=free"],
+    "addfs": ["--config", "conf/default.yaml", "--model.head=addfs"],
+    "matrixfs": ["--config", "conf/default.yaml", "--model.head=matrixfs"],
+    "phifs": ["--config", "conf/best.yaml"],
+    "bihomogeneous": ["--config", "conf/bihomogeneous.yaml"],
+}
+VARIANTS = {  # name -> train.py arguments (quality and variants parts)
+    "best": ["--config", "conf/best.yaml"],
+    "best-f32": ["--config", "conf/best.yaml", "--model.precision=float32"],
+    "best-f32c": ["--config", "conf/best.yaml", "--model.precision=float32", "--model.compile=true"],
+    "bihomogeneous": ["--config", "conf/bihomogeneous.yaml"],
+}
+MARKS_MIN = (1, 5, 15)
 
 
-def ricci_timing(n=10_000):
-    X = manifold("fermat_quintic")
-    P = sample(X, n, seed=123)
-    fs = curvature.fs_metric_fn(X)
-    t = time.perf_counter()
-    ric = curvature.ricci_form(fs, P.z, P.patch, P.elim, P.pullback)
-    R = curvature.ricci_scalar(P.g_fs, ric)
-    measure = curvature.ricci_measure(P.weights, volume.real_det(P.g_fs), P.omega_sq, R, X.dim)
-    return {"points": n, "seconds": time.perf_counter() - t, "ricci_measure_fs": float(measure)}
+class EpochClock(L.Callback):
+    """Training-epoch seconds, and (optionally) the test sigma after every epoch against training wall time."""
+
+    def __init__(self, test_sigma: bool = False):
+        self.epochs: list[float] = []
+        self.series: list[dict] = []
+        self.test_sigma, self.train_seconds = test_sigma, 0.0
+
+    def on_train_start(self, trainer, module):
+        if self.test_sigma:
+            self._record(trainer, module)
+
+    def on_train_epoch_start(self, trainer, module):
+        self._t = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, module):
+        self.epochs.append(time.perf_counter() - self._t)
+        self.train_seconds += self.epochs[-1]
+        if self.test_sigma:
+            self._record(trainer, module)
+
+    def _record(self, trainer, module):
+        sigma = module.measure(trainer.datamodule.test)["sigma"]
+        self.series.append({"epoch": len(self.epochs), "seconds": self.train_seconds, "test_sigma": sigma})
+        print(f"[bench] {self.series[-1]}", flush=True)
 
 
-def drift_overhead(epochs, points):
-    """The NTKDrift cost in the network configs: seconds per epoch with and without the callback (their
-    ratio is as noisy as the machine), and the callback's own measured seconds over the fit's (direct)."""
+def train(args: list[str], run_dir: Path, common: list[str], test_sigma: bool = False):
+    clock = EpochClock(test_sigma)
+    trainer = main([*args, f"--run_dir={run_dir}", "--wandb=disabled", "--trainer.enable_progress_bar=false", *common],
+                   callbacks=[clock])
+    return clock, trainer
+
+
+def per_epoch(clock: EpochClock) -> dict:
+    later = clock.epochs[1:] or clock.epochs
+    return {"seconds_per_epoch": statistics.median(later), "first_epoch_seconds": clock.epochs[0], "epochs": clock.epochs}
+
+
+def speed(a, common, tmp):
     out = {}
-    for name, config in (("default", "conf/default.yaml"), ("best", "conf/best.yaml")):
-        on = run(f"{name}-drift", config, epochs, points)
-        off = run(f"{name}-nodrift", config, epochs, points, ["--trainer.callbacks=[]"])["seconds_per_epoch"]
-        series = json.loads((OUT / f"train-{name}-drift" / "ntk_drift.json").read_text())["series"]
-        spent = sum(e["seconds"] for e in series)
-        out[name] = {"with_drift": on["seconds_per_epoch"], "without": off, "overhead": on["seconds_per_epoch"] / off - 1,
-                     "measurements": len(series), "drift_seconds": spent,
-                     "overhead_direct": spent / (on["seconds_per_epoch"] * on["summary"]["epochs"])}
+    for head in a.heads:
+        for bs in a.batch_sizes:
+            clock, _ = train([*HEADS[head], f"--data.n_points={a.points}", f"--data.batch_size={bs}",
+                              f"--trainer.max_epochs={a.epochs}", "--trainer.callbacks=[]", "--test=false"],
+                             tmp / f"{head}-{bs}", common)
+            out.setdefault(head, {})[str(bs)] = per_epoch(clock)
+            print(f"[bench] {head} batch {bs}: {out[head][str(bs)]['seconds_per_epoch']:.2f} s/epoch", flush=True)
     return out
+
+
+def variants(a, common, tmp):
+    out = {}
+    for name in ("best", "best-f32", "best-f32c"):
+        clock, trainer = train([*VARIANTS[name], f"--data.n_points={a.points}", f"--trainer.max_epochs={a.epochs}",
+                                "--trainer.callbacks=[]"], tmp / name, common)
+        s = json.loads((tmp / name / "summary.json").read_text())
+        out[name] = {**per_epoch(clock), "val_sigma": s["sigma_final"]["val"], "test_sigma": s["sigma_final"]["test"]}
+        print(f"[bench] {name}: {out[name]['seconds_per_epoch']:.2f} s/epoch, val sigma {out[name]['val_sigma']:.4g}", flush=True)
+    return out
+
+
+def startup(a, common, tmp):
+    """Wall seconds of `python train.py --trainer.max_epochs=0` (imports, sampling or the cache, set-up) and of imports."""
+    def wall(cmd):
+        t = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
+        return time.perf_counter() - t
+
+    cache = tmp / "cache"
+    base = [sys.executable, "train.py", "--trainer.max_epochs=0", "--wandb=disabled", f"--data.cache_dir={cache}", *common]
+    return {"import_seconds": wall([sys.executable, "-c", "import mflow.cli.train"]),
+            "cold_seconds (samples 100k points)": wall([*base, f"--run_dir={tmp / 's1'}"]),
+            "warm_seconds (point cache)": wall([*base, f"--run_dir={tmp / 's2'}"])}
+
+
+def at(series: list[dict], seconds: float) -> float | None:
+    ts, ss = [p["seconds"] for p in series], [p["test_sigma"] for p in series]
+    return float(np.interp(seconds, ts, ss)) if ts and seconds <= ts[-1] else None
+
+
+def quality(a, common, tmp):
+    out = {}
+    for name in a.variants:
+        finish = name.endswith("+finish")
+        base = name.removesuffix("+finish")
+        clock, _ = train([*VARIANTS[base], f"--trainer.max_time=00:00:{a.minutes:02d}:00", "--trainer.max_epochs=-1",
+                          "--trainer.callbacks=[]"], tmp / name, common, test_sigma=True)
+        series = clock.series
+        entry = {"series": series}
+        if finish:
+            rep = finish_checkpoint(tmp / name / "checkpoints" / "last.ckpt", iterations=a.finish_iterations)
+            series = series + [{"epoch": "finish", "seconds": series[-1]["seconds"] + rep["seconds"],
+                                "test_sigma": rep["sigma_after"]["test"]}]
+            entry.update(series=series, finish={k: rep[k] for k in ("seconds", "sigma_before", "sigma_after", "iterations")})
+        entry["test_sigma_at_minutes"] = {str(m): at(series, 60 * m) for m in MARKS_MIN}
+        entry["final"] = series[-1]
+        out[name] = entry
+        print(f"[bench] {name}: {entry['test_sigma_at_minutes']} final {entry['final']}", flush=True)
+    return out
+
+
+PARTS = {"speed": speed, "variants": variants, "startup": startup, "quality": quality}
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("part", choices=sorted(PARTS))
     ap.add_argument("--points", type=int, default=100_000)
-    ap.add_argument("--only", choices=["multfs", "phifs", "ricci", "drift"], default=None)
+    ap.add_argument("--epochs", type=int, default=None, help="speed: 2, variants: 3")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 128, 256, 1024])
+    ap.add_argument("--heads", nargs="+", default=list(HEADS), choices=list(HEADS))
+    ap.add_argument("--variants", nargs="+", default=["best", "best-f32c", "best-f32c+finish", "bihomogeneous+finish"],
+                    help=f"quality: some of {list(VARIANTS)}, each optionally with +finish")
+    ap.add_argument("--minutes", type=int, default=15)
+    ap.add_argument("--finish-iterations", type=int, default=20)
+    ap.add_argument("--accelerator", default="cpu")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: train.py's, all cores)")
+    ap.add_argument("--out", default=None)
     a = ap.parse_args()
-    torch.set_num_threads(1)
-    results = {"machine": {"threads": torch.get_num_threads(), "torch": torch.__version__}}
-    if a.only in (None, "ricci"):
-        results["ricci_fs_10k"] = ricci_timing()
-    if a.only in (None, "multfs"):
-        results["multfs"] = run("multfs", "conf/multfs_gelu.yaml", a.epochs, a.points)
-    if a.only in (None, "phifs"):
-        results["phifs"] = run("phifs", "conf/phifs.yaml", a.epochs, a.points)
-    if a.only in (None, "drift"):
-        results["drift_overhead"] = drift_overhead(a.epochs, a.points)
-    path = OUT / (f"training-{a.only}.json" if a.only else "training.json")
-    write_json(path, results)
-    print(json.dumps({k: (v if k in ("machine", "drift_overhead") or k.startswith("ricci") else {"seconds_per_epoch": v["seconds_per_epoch"],
-                      "last": v["sigma_vs_time"][-1] if v["sigma_vs_time"] else None}) for k, v in results.items()}, indent=1))
+    a.epochs = a.epochs or {"speed": 2, "variants": 3}.get(a.part)
+    common = [f"--trainer.accelerator={a.accelerator}"] + ([f"--num_threads={a.threads}"] if a.threads else [])
+    with tempfile.TemporaryDirectory(prefix="bench-training-") as tmp:
+        t = time.perf_counter()
+        result = PARTS[a.part](a, common, Path(tmp))
+    meta = {"part": a.part, "args": vars(a), "torch": torch.__version__, "threads": a.threads or torch.get_num_threads(),
+            "cpu_count": os.cpu_count(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "loadavg_end": os.getloadavg(), "bench_seconds": time.perf_counter() - t}
+    path = Path(a.out) if a.out else OUT / f"training-{a.part}.json"
+    write_json(path, {"meta": meta, a.part: result})
+    print(f"wrote {path}")

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The GPU check of the "Speed" issue, as one script (for the lent H100/H200; ~6 minutes there):
+#   1. install (reuses a Python that already has torch with CUDA and lightning; else pip installs torch 2.13.0 and mflow)
+#   2. the test suite's CUDA-marked tests (training, metric-NTK, kernel flow equal the CPU's to round-off)
+#   3. seconds per epoch of every head on 1M points (800k train) at batch 4096
+#   4. one 100k-point unclustered frozen-kernel flow step, float64 and float32
+# Everything lands in $OUT (the device tool's output folder) or bench/results/device: JSON, test log, GPU name.
+#     bash bench/device_check.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-bench/results/device}
+mkdir -p "$OUT"
+export WANDB_MODE=offline MFLOW_CACHE_DIR=${MFLOW_CACHE_DIR:-/tmp/mflow-cache}
+status=0
+
+if python -c "import torch, lightning, sklearn, torchmetrics; assert torch.cuda.is_available()" 2>/dev/null; then
+  PY=python
+  export PYTHONPATH=$PWD
+else
+  python3.11 -m venv .venv-device && . .venv-device/bin/activate && PY=python
+  $PY -m pip install -q torch==2.13.0 && $PY -m pip install -q -e '.[dev]' || { echo "install failed" | tee "$OUT/install.txt"; exit 1; }
+fi
+$PY - <<'EOF' | tee "$OUT/gpu.json"
+import json, torch
+p = torch.cuda.get_device_properties(0)
+print(json.dumps({"gpu": p.name, "memory_gib": round(p.total_memory / 2**30, 1), "torch": torch.__version__,
+                  "cuda": torch.version.cuda}))
+EOF
+
+timeout 240 $PY -m pytest -q -m cuda tests/ -p no:cacheprovider 2>&1 | tail -25 | tee "$OUT/cuda_tests.txt" || status=1
+
+timeout 240 $PY bench/bench_training.py speed --points 1000000 --batch-sizes 4096 --epochs 2 --accelerator gpu \
+  --out "$OUT/training_speed_1M_b4096.json" 2>&1 | grep -E "^\[bench\]|wrote|Error" || status=1
+
+timeout 150 $PY bench/bench_kernel_flow.py --sizes 100000 --precision float64 float32 --device cuda \
+  --out "$OUT/kernel_flow_100k.json" 2>&1 | tail -5 || status=1
+exit $status
