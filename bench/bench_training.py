@@ -4,6 +4,7 @@ and compile variants, start-up overhead, and test sigma against wall time. Write
     python bench/bench_training.py speed   [--points 100000] [--batch-sizes 64 128 256 1024] [--heads ...] [--epochs 2]
     python bench/bench_training.py variants [--points 100000] [--epochs 3]
     python bench/bench_training.py startup
+    python bench/bench_training.py drift [--points 100000] [--epochs 3]
     python bench/bench_training.py quality [--minutes 15] [--variants best f32c ...] [--finish-iterations 20]
     common: [--accelerator cpu|gpu] [--threads N] [--out PATH]
 
@@ -11,8 +12,8 @@ speed: each head in its shipped configuration (HEADS below), the NTKDrift callba
 points; a head's "seconds per epoch" is the median time of its training epochs after the first (the first includes
 warm-up and, with compile, compilation; it is reported apart), validation excluded.
 quality: test sigma (the run's own 10% test split) after every epoch against the wall time of training alone (the
-benchmark's evaluations are excluded), interpolated at 1, 5 and 15 minutes; a variant ending in "+finish" then runs
-finish.py's full-batch L-BFGS on its last checkpoint and adds the finish's time and test sigma.
+benchmark's evaluations are excluded), interpolated at 1, 5 and 15 minutes; for a variant ending in "+finish",
+finish.py's full-batch L-BFGS then runs on the same run's last checkpoint (its seconds and test sigma added).
 """
 from __future__ import annotations
 
@@ -131,6 +132,20 @@ def startup(a, common, tmp):
             "warm_seconds (point cache)": wall([*base, f"--run_dir={tmp / 's2'}"])}
 
 
+def drift(a, common, tmp):
+    """The NTKDrift callback's cost in the network configs that switch it on: seconds per epoch with and without it."""
+    out = {}
+    for name in ("default", "best"):
+        runs = {}
+        for tag, extra in (("with", []), ("without", ["--trainer.callbacks=[]"])):
+            clock, _ = train(["--config", f"conf/{name}.yaml", f"--data.n_points={a.points}", f"--trainer.max_epochs={a.epochs}",
+                              "--test=false", *extra], tmp / f"{name}-{tag}", common)
+            runs[tag] = per_epoch(clock)["seconds_per_epoch"]
+        out[name] = {**runs, "overhead": runs["with"] / runs["without"] - 1}
+        print(f"[bench] NTKDrift in conf/{name}.yaml: {out[name]}", flush=True)
+    return out
+
+
 def at(series: list[dict], seconds: float) -> float | None:
     ts, ss = [p["seconds"] for p in series], [p["test_sigma"] for p in series]
     return float(np.interp(seconds, ts, ss)) if ts and seconds <= ts[-1] else None
@@ -139,35 +154,31 @@ def at(series: list[dict], seconds: float) -> float | None:
 def quality(a, common, tmp):
     out = {}
     for name in a.variants:
-        finish = name.endswith("+finish")
         base = name.removesuffix("+finish")
         clock, _ = train([*VARIANTS[base], f"--trainer.max_time=00:00:{a.minutes:02d}:00", "--trainer.max_epochs=-1",
                           "--trainer.callbacks=[]"], tmp / name, common, test_sigma=True)
-        series = clock.series
-        entry = {"series": series}
-        if finish:
+        entry = {"series": clock.series, "test_sigma_at_minutes": {str(m): at(clock.series, 60 * m) for m in MARKS_MIN},
+                 "final": clock.series[-1]}
+        if name.endswith("+finish"):  # the same run's last checkpoint, finished
             rep = finish_checkpoint(tmp / name / "checkpoints" / "last.ckpt", iterations=a.finish_iterations)
-            series = series + [{"epoch": "finish", "seconds": series[-1]["seconds"] + rep["seconds"],
-                                "test_sigma": rep["sigma_after"]["test"]}]
-            entry.update(series=series, finish={k: rep[k] for k in ("seconds", "sigma_before", "sigma_after", "iterations")})
-        entry["test_sigma_at_minutes"] = {str(m): at(series, 60 * m) for m in MARKS_MIN}
-        entry["final"] = series[-1]
+            entry["finish"] = {"seconds": rep["seconds"], "iterations": rep["iterations"], "test_sigma": rep["sigma_after"]["test"],
+                               "seconds_total": clock.series[-1]["seconds"] + rep["seconds"], "sigma_after": rep["sigma_after"]}
         out[name] = entry
-        print(f"[bench] {name}: {entry['test_sigma_at_minutes']} final {entry['final']}", flush=True)
+        print(f"[bench] {name}: {entry['test_sigma_at_minutes']} final {entry['final']} {entry.get('finish', '')}", flush=True)
     return out
 
 
-PARTS = {"speed": speed, "variants": variants, "startup": startup, "quality": quality}
+PARTS = {"speed": speed, "variants": variants, "startup": startup, "quality": quality, "drift": drift}
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("part", choices=sorted(PARTS))
     ap.add_argument("--points", type=int, default=100_000)
-    ap.add_argument("--epochs", type=int, default=None, help="speed: 2, variants: 3")
+    ap.add_argument("--epochs", type=int, default=None, help="speed: 2, variants and drift: 3")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 128, 256, 1024])
     ap.add_argument("--heads", nargs="+", default=list(HEADS), choices=list(HEADS))
-    ap.add_argument("--variants", nargs="+", default=["best", "best-f32c", "best-f32c+finish", "bihomogeneous+finish"],
+    ap.add_argument("--variants", nargs="+", default=["best+finish", "bihomogeneous+finish"],
                     help=f"quality: some of {list(VARIANTS)}, each optionally with +finish")
     ap.add_argument("--minutes", type=int, default=15)
     ap.add_argument("--finish-iterations", type=int, default=20)
@@ -175,7 +186,7 @@ if __name__ == "__main__":
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: train.py's, all cores)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
-    a.epochs = a.epochs or {"speed": 2, "variants": 3}.get(a.part)
+    a.epochs = a.epochs or {"speed": 2, "variants": 3, "drift": 3}.get(a.part)
     common = [f"--trainer.accelerator={a.accelerator}"] + ([f"--num_threads={a.threads}"] if a.threads else [])
     with tempfile.TemporaryDirectory(prefix="bench-training-") as tmp:
         t = time.perf_counter()

@@ -210,3 +210,30 @@ def test_bihomogeneous_head_learns(quintic):
         assert all(p.grad is not None and p.grad.abs().max() > 0 for p in m.parameters())
         opt.step()
     assert test_sigma() < 0.7 * before
+
+
+@pytest.mark.parametrize("head", ["multfs", "phifs", "bihomogeneous"])
+def test_float32_network_gives_the_float64_metric_to_single_precision(quintic, pts, head):
+    kw = {"features": "invariant", "activation": "gelu"} if head in POTENTIAL_HEADS else {}
+    m64 = MetricModel(quintic, head, depth=2, width=16, out_scale=0.3, **kw)
+    m32 = MetricModel(quintic, head, depth=2, width=16, out_scale=0.3, precision="float32", **kw)
+    m32.load_state_dict(m64.state_dict())
+    g64, g32 = (m(pts.z, pts.patch, pts.elim).detach() for m in (m64, m32))
+    assert g32.dtype == torch.complex128
+    assert float((g32 - g64).abs().max() / g64.abs().max()) < 1e-5
+    assert float((g32 - g64).abs().max()) > 0  # the float32 path was taken
+
+
+def test_compiled_training_forward_equals_the_eager_one_and_evaluation_stays_eager(quintic, pts):
+    m = MetricModel(quintic, "phifs", depth=2, width=16, features="invariant", out_scale=0.3, compile=True)
+    eager = MetricModel(quintic, "phifs", depth=2, width=16, features="invariant", out_scale=0.3)
+    eager.load_state_dict(m.state_dict())
+    p = pts[:32]
+    g = m(p.z, p.patch, p.elim)
+    assert set(m._compiled) == {"ddbar"}
+    assert torch.allclose(g, eager(p.z, p.patch, p.elim), rtol=1e-12, atol=1e-15)
+    g.real.sum().backward()  # gradients flow through the compiled function
+    assert all(q.grad is not None for q in m.parameters())
+    m.eval()
+    m(pts.z, pts.patch, pts.elim)  # another batch shape: no compilation in evaluation
+    assert len(m._compiled) == 1

@@ -59,8 +59,8 @@ class MetricModel(nn.Module):
     so that at initialisation g stays close to g_FS (bihomogeneous: the size of the noise on its
     near-identity initial weights).
     precision: of the network's arithmetic (float32 halves its cost; its parameters, the geometry, g and the losses
-    stay float64). compile: torch.compile the network's part of the forward (its first call compiles, ~15 s per
-    batch shape); derivative transforms (the metric-NTK, curvature) always run it eagerly.
+    stay float64). compile: torch.compile the network's part of the training forward (its first call compiles,
+    ~15 s per batch shape); evaluation and derivative transforms (the metric-NTK, curvature) run it eagerly.
     """
 
     def __init__(
@@ -105,8 +105,9 @@ class MetricModel(nn.Module):
         self._compiled = {}
 
     def _run(self, name: str, fn, *args):
-        """fn(*args), compiled (once per function) if asked and no derivative transform is active."""
-        if not self.compile or torch._C._functorch.is_functorch_wrapped_tensor(args[-1]):
+        """fn(*args), compiled (once per function) if asked, in training, outside derivative transforms (evaluation
+        sees many batch shapes and grad modes: each would recompile, so it runs eagerly)."""
+        if not (self.compile and self.training) or torch._C._functorch.is_functorch_wrapped_tensor(args[-1]):
             return fn(*args)
         if name not in self._compiled:
             self._compiled[name] = torch.compile(fn, dynamic=False)
