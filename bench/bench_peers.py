@@ -9,7 +9,8 @@ z and zbar, 9,200 parameters; the network is composed here from their bihomoNN l
 in the wheel), Adam 1e-2 at batch 1000 for 100 epochs on their weighted_MAPE, then 20 jaxopt.LBFGS iterations
 on their full-dataset loss (tol 1e-7; batches of 2000, the largest size <= their 2048 that divides the train
 set: they pad a last partial batch with z = 0, where log 0 makes loss and gradient NaN). One solver worker.
-mflow: train.py --config conf/best.yaml --num_threads=1 with a callback measuring sigma after every epoch.
+mflow: train.py --config C --num_threads=1 --trainer.callbacks=[] (no NTKDrift diagnostics) for each C of --mflow-config (default conf/best.yaml, PhiFS, and
+conf/bihomogeneous.yaml, the peer's model family), with a callback measuring sigma after every epoch.
 
 Both sides are measured on the SAME 50k test points, sampled by mflow (seed 7654321), with mflow's sigma
 (REFERENCE): r = det g / |Omega|^2 in one chart per point, kappa = sum(w r)/sum(w), sigma = sum w |1 - r/kappa|
@@ -21,7 +22,7 @@ weighted_MAPE on its own test set is reported too, and whether the two definitio
 Elapsed times exclude the benchmark's own evaluations; sigma at equal wall time is interpolated linearly.
 
     python bench/bench_peers.py [--quick] [--skip-peer | --skip-mflow] [--epochs N] [--peer-epochs 100]
-        [--mflow-config conf/best.yaml] [--mflow-args="--model.precision=float32 --model.compile=true"] [--cpu K]
+        [--mflow-config conf/best.yaml conf/bihomogeneous.yaml] [--mflow-args="--model.precision=float32 --model.compile=true"] [--cpu K]
 (--mflow-args takes its value after "=", as it starts with "--"; --quick writes bench/results/peers-quick.json.)
 """
 import argparse
@@ -282,15 +283,15 @@ def peer_side(args, test, work):
     return out
 
 
-def mflow_side(args, test_file, work):
-    run_dir = work / "mflow-run"
-    argv = ["--config", args.mflow_config, "--num_threads=1", "--wandb=disabled", f"--run_dir={run_dir}",
-            "--trainer.enable_progress_bar=false", *shlex.split(args.mflow_args)]
+def mflow_side(args, config, test_file, work):
+    run_dir = work / f"mflow-run-{Path(config).stem}"
+    argv = ["--config", config, "--num_threads=1", "--wandb=disabled", f"--run_dir={run_dir}",
+            "--trainer.enable_progress_bar=false", "--trainer.callbacks=[]", *shlex.split(args.mflow_args)]
     argv += [f"--trainer.max_epochs={args.epochs}"] if args.epochs else []
     argv += ["--data.n_points=2000"] if args.quick else []
-    cfg = {"argv": argv, "run_dir": str(run_dir), "test_points": str(test_file), "out": str(work / "mflow.json")}
+    cfg = {"argv": argv, "run_dir": str(run_dir), "test_points": str(test_file), "out": str(run_dir) + ".json"}
     wall, cpu = run_child(sys.executable, MFLOW_CHILD, cfg, args.cpu)
-    out = json.loads((work / "mflow.json").read_text())
+    out = json.loads(Path(cfg["out"]).read_text())
     s = out.pop("summary")
     series = out["series"]
     out.update(command="train.py " + " ".join(argv), wall=wall, process_cpu=cpu, seconds_per_epoch=s.get("seconds_per_epoch"),
@@ -313,22 +314,24 @@ def versions():
 
 
 def table(result):
-    p, m = result.get("mlgeometry"), result.get("mflow")
+    sides = ([("MLGeometry", result["mlgeometry"])] if "mlgeometry" in result else []) + \
+        [(f"mflow {Path(c).name}", m) for c, m in result.get("mflow", {}).items()]
     fmt = lambda x, f="{:.4g}": "-" if x is None else f.format(x)  # noqa: E731
-    rows = [("", "MLGeometry", "mflow"),
-            ("sampling points/s", fmt(p and p["points_per_second"]), fmt(result["mflow_sampling"]["points_per_second"])),
-            ("seconds per epoch", fmt(p and p["seconds_per_epoch"]), fmt(m and m["seconds_per_epoch"])),
-            ("parameters", fmt(p and p["n_params"], "{}"), fmt(m and m["n_params"], "{}"))]
-    rows += [(f"sigma at {t} s", fmt(p and p["sigma_at"][str(t)]), fmt(m and m["sigma_at"][str(t)])) for t in MARKS]
-    rows += [("final sigma (same points)", fmt(p and p["final"]["after_lbfgs"]), fmt(m and m["final"]["sigma"])),
-             ("run wall / CPU s", fmt(p and f"{p['wall']:.0f} / {p['process_cpu']:.0f}", "{}"),
-              fmt(m and f"{m['wall']:.0f} / {m['process_cpu']:.0f}", "{}"))]
-    return "\n".join(f"{a:<28}{b:>16}{c:>16}" for a, b, c in rows)
+    final = lambda name, s: s["final"]["after_lbfgs"] if name == "MLGeometry" else s["final"]["sigma"]  # noqa: E731
+    sampling = lambda name: result["mflow_sampling"]["points_per_second"] if name != "MLGeometry" else None  # noqa: E731
+    rows = [("", *[n for n, _ in sides]),
+            ("sampling points/s", *[fmt(s["points_per_second"] if n == "MLGeometry" else sampling(n)) for n, s in sides]),
+            ("seconds per epoch", *[fmt(s["seconds_per_epoch"]) for _, s in sides]),
+            ("parameters", *[fmt(s["n_params"], "{}") for _, s in sides])]
+    rows += [(f"sigma at {t} s", *[fmt(s["sigma_at"][str(t)]) for _, s in sides]) for t in MARKS]
+    rows += [("final sigma (same points)", *[fmt(final(n, s)) for n, s in sides]),
+             ("run wall / CPU s", *[f"{s['wall']:.0f} / {s['process_cpu']:.0f}" for _, s in sides])]
+    return "\n".join(f"{r[0]:<28}" + "".join(f"{c:>26}" for c in r[1:]) for r in rows)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mflow-config", default="conf/best.yaml")
+    ap.add_argument("--mflow-config", nargs="+", default=["conf/best.yaml", "conf/bihomogeneous.yaml"])
     ap.add_argument("--mflow-args", default="", help="extra train.py arguments, one string")
     ap.add_argument("--epochs", type=int, default=None, help="mflow epochs (default: the config's)")
     ap.add_argument("--peer-epochs", type=int, default=100)
@@ -356,12 +359,9 @@ def main():
         if not args.skip_peer:
             result["mlgeometry"] = peer_side(args, test, work)
         if not args.skip_mflow:
-            result["mflow"] = mflow_side(args, test_file, work)
-    for side in ("mlgeometry", "mflow"):
-        if side in result:
-            series = result[side]["series"]
-            result[side]["sigma_at"] = {str(t): at_time(series, t) for t in MARKS}
-            result[side]["run_ended_s"] = series[-1]["elapsed"]
+            result["mflow"] = {c: mflow_side(args, c, test_file, work) for c in args.mflow_config}
+    for side in ([result["mlgeometry"]] if "mlgeometry" in result else []) + list(result.get("mflow", {}).values()):
+        side["sigma_at"], side["run_ended_s"] = {str(t): at_time(side["series"], t) for t in MARKS}, side["series"][-1]["elapsed"]
     result["versions"] = {**versions(), **(result.get("mlgeometry", {}).pop("versions", {}))}
     result["machine"]["loadavg_end"] = os.getloadavg()
     result["notes"] = ("sigma: mflow's definition with mflow's weights on the same mflow-sampled test points; elapsed "
