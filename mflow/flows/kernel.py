@@ -19,25 +19,8 @@ FS-nearest train point. Unclustered: every batch B updates all train points, wit
 O(block^2), never N^2).
 
 Charts. The Kronecker deltas add metric components at different points, which only means something in one
-coordinate system, but every point has its own chart (patch, elim) (sec. 3.1). ``chart_mode``:
-
-* ``"ambient"`` (default): the metric-NTK of g(x) = g_FS(x) + F(x) A(x) F(x)^H with an ambient Hermitian
-  (n+1)x(n+1) form A whose components (in an orthonormal basis of Hermitian matrices) are independent
-  networks of scalar kernel k (mflow.geometry.forms: F F^H = g_FS). Then
-  dg(x) = -lr F(x) [sum_x' k(x, x') F(x')^H G(x') F(x')] F(x)^H: chart-independent and exact, one kernel
-  product on (n+1)^2 complex components, no Jacobians between far-apart points. At x = x' the deltas
-  become the FS metric: dg = -lr k g_FS G g_FS, the covariant form of delta_ik delta_jl.
-* ``"transform"``: the paper's component-wise delta_ik delta_jl, with every correction expressed in the
-  chart of the receiving point x. Transport rule: the paper's update at x' is the metric correction
-  dg(x') = -lr G(x') (eq. 2.12 at x = x', components added in x''s chart); a metric correction is a (1,1)
-  form, so it moves to x's chart as forms do, T dg T^H (T the chart Jacobian at x', mflow.geometry.forms),
-  for the steps and for predictions alike (the coefficients C are accumulated corrections). A form keeps
-  its signature under T (. ) T^H, while the gradient rule T^-H G T^-1 amplifies corrections by |T^-1|^2,
-  up to 1e8 between distant quintic points. Predictions can still be non-positive-definite away from the
-  train points: they are counted (``FlowModule.measure``, the logs, eval.json).
-* ``"reject"``: the paper's choice: only train points in the most common chart of the split take part
-  (about 7% of quintic points); updates are added component-wise in that chart, and a prediction at a point
-  of another chart is moved to its chart as a form (exact).
+coordinate system, but every point has its own chart: ``chart_mode`` ambient (default), transform or reject says
+how the sum is taken (mflow.flows.chart_sums).
 
 Positive definiteness (``pd_policy``), when a step would make some metric non-positive-definite:
 "backtrack" halves the whole step until every metric is PD (at most max_backtracks times, then raises);
@@ -69,20 +52,11 @@ from mflow.checks import integer
 from mflow.data.clustering import check_labels
 from mflow.geometry import volume
 from mflow.geometry.distance import NearestIndex
-from mflow.geometry.forms import (
-    NotPositiveDefiniteError,
-    ambient_frame,
-    chart_change,
-    form_from_ambient,
-    form_to_chart,
-    gradient_to_ambient,
-    hermitian,
-    hermitian_part,
-    not_positive_definite,
-    real_components,
-)
+from mflow.geometry.forms import NotPositiveDefiniteError, hermitian, hermitian_part, not_positive_definite, real_components
 from mflow.geometry.points import CYPoints, check_points
 from mflow.kernels.analytic import DEFAULT_BLOCK, Kernel
+
+from . import chart_sums
 
 CHART_MODES = ("ambient", "transform", "reject")
 PD_POLICIES = ("backtrack", "clip", "stop")
@@ -293,32 +267,10 @@ class FrozenKernelFlow(nn.Module):
         if self.metric_kernel:  # a network's metric-NTK maps each point's chart to each point's chart itself
             return hermitian_part(self.kernel.apply_metric(tgt, src, V))
         if self.chart_mode == "ambient":
-            H = hermitian_part(gradient_to_ambient(ambient_frame(src["z"], src["pullback"]), V))
-            S = self._kapply(tgt["z"], src["z"], H, K)
-            return hermitian_part(form_from_ambient(ambient_frame(tgt["z"], tgt["pullback"]), S))
-        if self.chart_mode == "transform":  # corrections moved to the receiving chart as forms (module doc)
-            n1 = tgt["z"].shape[-1]
-            cid, src_cid = tgt["patch"] * n1 + tgt["elim"], src["patch"] * n1 + src["elim"]
-            out = torch.empty(len(cid), *V.shape[1:], dtype=torch.complex128)
-            for c in torch.unique(cid).tolist():
-                sel = cid == c
-                Vc = V.clone()
-                move = src_cid != c
-                if move.any():
-                    pc, ec = torch.full_like(src["patch"][move], c // n1), torch.full_like(src["elim"][move], c % n1)
-                    T = chart_change(self.surface, src["z"][move], src["patch"][move], src["elim"][move], pc, ec)
-                    Vc[move] = hermitian_part(form_to_chart(T, V[move]))
-                out[sel] = self._kapply(tgt["z"][sel], src["z"], Vc, None if K is None else K[sel])
-            return hermitian_part(out)
-        # reject: the sources are all in the reference chart; components are added there
-        S = self._kapply(tgt["z"], src["z"], V, K)
-        pr, er = int(self.ref_chart[0]), int(self.ref_chart[1])
-        other = (tgt["patch"] != pr) | (tgt["elim"] != er)
-        if other.any():
-            po, eo = tgt["patch"][other], tgt["elim"][other]
-            T = chart_change(self.surface, tgt["z"][other], torch.full_like(po, pr), torch.full_like(eo, er), po, eo)
-            S[other] = form_to_chart(T, S[other])
-        return hermitian_part(S)
+            return chart_sums.ambient_sum(self._kapply, tgt, src, V, K)
+        if self.chart_mode == "transform":
+            return chart_sums.transform_sum(self._kapply, self.surface, tgt, src, V, K)
+        return chart_sums.reject_sum(self._kapply, self.surface, (int(self.ref_chart[0]), int(self.ref_chart[1])), tgt, src, V, K)
 
     # ------------------------------------------------------------------ one flow step
     def gradient(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
