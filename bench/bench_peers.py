@@ -10,7 +10,8 @@ in the wheel), Adam 1e-2 at batch 1000 for 100 epochs on their weighted_MAPE, th
 on their full-dataset loss (tol 1e-7; batches of 2000, the largest size <= their 2048 that divides the train
 set: they pad a last partial batch with z = 0, where log 0 makes loss and gradient NaN). One solver worker.
 mflow: train.py --config C --num_threads=1 --trainer.callbacks=[] (no NTKDrift diagnostics) for each C of --mflow-config (default conf/best.yaml, PhiFS, and
-conf/bihomogeneous.yaml, the peer's model family), with a callback measuring sigma after every epoch.
+conf/bihomogeneous.yaml, the peer's model family), with a callback measuring sigma after every epoch, then (like the
+peer) 20 iterations of finish.py's full-batch L-BFGS on its last checkpoint (--mflow-finish).
 
 Both sides are measured on the SAME 50k test points, sampled by mflow (seed 7654321), with mflow's sigma
 (REFERENCE): r = det g / |Omega|^2 in one chart per point, kappa = sum(w r)/sum(w), sigma = sum w |1 - r/kappa|
@@ -89,6 +90,12 @@ def original_order(hs, z):
     dist = np.linalg.norm(p - proj * q, axis=1) / np.linalg.norm(p, axis=1)
     assert dist.max() < 1e-5, f"point order not recovered (projective distance {dist.max():.2e})"
     return order, float(dist.max())
+
+def installed(name):
+    try:
+        return version(name)
+    except Exception:  # a package without metadata must not lose the run's results
+        return "unknown"
 
 def padding_free(n, cap):
     """Largest batch <= cap dividing n: make_full_dataset_loss_fn pads the last batch with z = 0 points, where
@@ -173,7 +180,7 @@ out = {"n_params": n_params, "model": "Bihomogeneous -> SquareDense 70 -> Square
        "generation": gen, "train_points": int(n), "test_points": int(len(test["points"])), "order_max_projective_distance": order_dist,
        "adam_seconds_per_epoch": epoch_seconds, "lbfgs": lbfgs, "lbfgs_batch": lbfgs_batch, "eval_batch": eval_batch,
        "lbfgs_seconds": time.perf_counter() - t_lbfgs - clock["skip"], "lbfgs_cpu": cpu() - c_lbfgs - clock["skip_cpu"],
-       "evals": evals, "versions": {k: version(k) for k in ("jax", "jaxlib", "flax", "optax", "jaxopt", "mlgeometry-jax")}}
+       "evals": evals, "versions": {k: installed(k) for k in ("jax", "jaxlib", "flax", "optax", "jaxopt", "mlgeometry-jax")}}
 np.savez(cfg["out"] + ".npz", r=np.stack(rs), mass=mass[np.argsort(order)])
 json.dump(out, open(cfg["out"] + ".json", "w"), indent=1)
 '''
@@ -207,6 +214,17 @@ class SigmaClock(L.Callback):
 clock = SigmaClock()
 trainer = main(cfg["argv"], callbacks=[clock])
 summary = json.load(open(cfg["run_dir"] + "/summary.json"))
+if cfg["finish"]:  # finish.py's full-batch L-BFGS on the run's last checkpoint, timed like the epochs
+    from mflow.cli.finish import finish_checkpoint
+    from mflow.evaluation.checkpoints import load_checkpoint
+    t, c = time.perf_counter(), time.process_time()
+    out_ckpt = cfg["run_dir"] + "/finished.ckpt"
+    finish_checkpoint(cfg["run_dir"] + "/checkpoints/last.ckpt", out_ckpt, iterations=cfg["finish"])
+    t, c = time.perf_counter() - t, time.process_time() - c
+    last = clock.series[-1]
+    m = load_checkpoint(out_ckpt).module.measure(points)
+    clock.series.append({"epoch": "finish", "elapsed": last["elapsed"] + t, "cpu": last["cpu"] + c, **m})
+    print(f"[mflow-bench] {clock.series[-1]}", flush=True)
 out = {"series": clock.series, "n_params": sum(p.numel() for p in trainer.lightning_module.parameters()),
        "threads": torch.get_num_threads(), "summary": summary}
 json.dump(out, open(cfg["out"], "w"), indent=1, default=str)
@@ -289,14 +307,17 @@ def mflow_side(args, config, test_file, work):
             "--trainer.enable_progress_bar=false", "--trainer.callbacks=[]", *shlex.split(args.mflow_args)]
     argv += [f"--trainer.max_epochs={args.epochs}"] if args.epochs else []
     argv += ["--data.n_points=2000"] if args.quick else []
-    cfg = {"argv": argv, "run_dir": str(run_dir), "test_points": str(test_file), "out": str(run_dir) + ".json"}
+    cfg = {"argv": argv, "run_dir": str(run_dir), "test_points": str(test_file), "out": str(run_dir) + ".json",
+           "finish": args.mflow_finish}
     wall, cpu = run_child(sys.executable, MFLOW_CHILD, cfg, args.cpu)
     out = json.loads(Path(cfg["out"]).read_text())
     s = out.pop("summary")
     series = out["series"]
     out.update(command="train.py " + " ".join(argv), wall=wall, process_cpu=cpu, seconds_per_epoch=s.get("seconds_per_epoch"),
-               final={"sigma": series[-1]["sigma"], "cpu": series[-1]["cpu"], "own_test_sigma": s["sigma_final"]["test"]},
-               series=[{"elapsed": p["elapsed"], "sigma": p["sigma"], "not_pd": p["not_pd"]} for p in series], epochs=len(series) - 1)
+               final={"sigma": series[-1]["sigma"], "cpu": series[-1]["cpu"], "own_test_sigma": s["sigma_final"]["test"],
+                      "before_finish": [p for p in series if p["epoch"] != "finish"][-1]["sigma"]},
+               series=[{"elapsed": p["elapsed"], "sigma": p["sigma"], "not_pd": p["not_pd"], "epoch": p["epoch"]} for p in series],
+               epochs=sum(p["epoch"] != "finish" for p in series) - 1)
     return out
 
 
@@ -318,13 +339,15 @@ def table(result):
         [(f"mflow {Path(c).name}", m) for c, m in result.get("mflow", {}).items()]
     fmt = lambda x, f="{:.4g}": "-" if x is None else f.format(x)  # noqa: E731
     final = lambda name, s: s["final"]["after_lbfgs"] if name == "MLGeometry" else s["final"]["sigma"]  # noqa: E731
+    adam = lambda name, s: s["final"]["after_adam"] if name == "MLGeometry" else s["final"]["before_finish"]  # noqa: E731
     sampling = lambda name: result["mflow_sampling"]["points_per_second"] if name != "MLGeometry" else None  # noqa: E731
     rows = [("", *[n for n, _ in sides]),
             ("sampling points/s", *[fmt(s["points_per_second"] if n == "MLGeometry" else sampling(n)) for n, s in sides]),
             ("seconds per epoch", *[fmt(s["seconds_per_epoch"]) for _, s in sides]),
             ("parameters", *[fmt(s["n_params"], "{}") for _, s in sides])]
     rows += [(f"sigma at {t} s", *[fmt(s["sigma_at"][str(t)]) for _, s in sides]) for t in MARKS]
-    rows += [("final sigma (same points)", *[fmt(final(n, s)) for n, s in sides]),
+    rows += [("sigma after Adam", *[fmt(adam(n, s)) for n, s in sides]),
+             ("final sigma (after L-BFGS)", *[fmt(final(n, s)) for n, s in sides]),
              ("run wall / CPU s", *[f"{s['wall']:.0f} / {s['process_cpu']:.0f}" for _, s in sides])]
     return "\n".join(f"{r[0]:<28}" + "".join(f"{c:>26}" for c in r[1:]) for r in rows)
 
@@ -335,6 +358,7 @@ def main():
     ap.add_argument("--mflow-args", default="", help="extra train.py arguments, one string")
     ap.add_argument("--epochs", type=int, default=None, help="mflow epochs (default: the config's)")
     ap.add_argument("--peer-epochs", type=int, default=100)
+    ap.add_argument("--mflow-finish", type=int, default=20, help="L-BFGS iterations of finish.py after each mflow run (0: none)")
     ap.add_argument("--lbfgs-iters", type=int, default=20)
     ap.add_argument("--skip-peer", action="store_true")
     ap.add_argument("--skip-mflow", action="store_true")
@@ -345,7 +369,7 @@ def main():
     n_test, n_speed, args.n_pairs, args.eval_every = 50_000, 100_000, 10_000, 10
     if args.quick:
         n_test, n_speed, args.n_pairs, args.eval_every = 2_000, 5_000, 400, 1
-        args.epochs, args.peer_epochs, args.lbfgs_iters = args.epochs or 2, 2, 2
+        args.epochs, args.peer_epochs, args.lbfgs_iters, args.mflow_finish = args.epochs or 2, 2, 2, min(args.mflow_finish, 2)
     out = Path(args.out or ROOT / "bench" / "results" / ("peers-quick.json" if args.quick else "peers.json"))
     torch.set_num_threads(1)
     result = {"machine": {"cpu_count": os.cpu_count(), "loadavg_start": os.getloadavg(), "threads": 1,
