@@ -5,7 +5,7 @@ and compile variants, start-up overhead, and test sigma against wall time. Write
     python bench/bench_training.py variants [--points 100000] [--epochs 3]
     python bench/bench_training.py startup
     python bench/bench_training.py drift [--points 100000] [--epochs 3]
-    python bench/bench_training.py quality [--minutes 15] [--variants best f32c ...] [--finish-iterations 20]
+    python bench/bench_training.py quality [--minutes 15] [--variants best best-long+finish ...] [--finish-iterations 20]
     common: [--accelerator cpu|gpu] [--threads N] [--out PATH]
 
 speed: each head in its shipped configuration (HEADS below), the NTKDrift callback off, 80% of --points as train
@@ -47,11 +47,13 @@ HEADS = {  # head -> the configuration its figures come from
     "phifs": ["--config", "conf/best.yaml"],
     "bihomogeneous": ["--config", "conf/bihomogeneous.yaml"],
 }
-VARIANTS = {  # name -> train.py arguments (quality and variants parts)
+VARIANTS = {  # name -> train.py arguments (quality and variants parts); "-long": trains until --minutes are up
     "best": ["--config", "conf/best.yaml"],
-    "best-f32": ["--config", "conf/best.yaml", "--model.precision=float32"],
-    "best-f32c": ["--config", "conf/best.yaml", "--model.precision=float32", "--model.compile=true"],
+    "best-f64": ["--config", "conf/best.yaml", "--model.precision=float64", "--model.compile=false"],
+    "best-f32": ["--config", "conf/best.yaml", "--model.compile=false"],
+    "best-long": ["--config", "conf/best.yaml", "--trainer.max_epochs=-1", "--model.lr_decay=0.97"],
     "bihomogeneous": ["--config", "conf/bihomogeneous.yaml"],
+    "bihomogeneous-long": ["--config", "conf/bihomogeneous.yaml", "--trainer.max_epochs=-1", "--model.lr_decay=0.97"],
 }
 MARKS_MIN = (1, 5, 15)
 
@@ -109,7 +111,7 @@ def speed(a, common, tmp):
 
 def variants(a, common, tmp):
     out = {}
-    for name in ("best", "best-f32", "best-f32c"):
+    for name in ("best-f64", "best-f32", "best"):
         clock, trainer = train([*VARIANTS[name], f"--data.n_points={a.points}", f"--trainer.max_epochs={a.epochs}",
                                 "--trainer.callbacks=[]"], tmp / name, common)
         s = json.loads((tmp / name / "summary.json").read_text())
@@ -155,8 +157,8 @@ def quality(a, common, tmp):
     out = {}
     for name in a.variants:
         base = name.removesuffix("+finish")
-        clock, _ = train([*VARIANTS[base], f"--trainer.max_time=00:00:{a.minutes:02d}:00", "--trainer.max_epochs=-1",
-                          "--trainer.callbacks=[]"], tmp / name, common, test_sigma=True)
+        clock, _ = train([*VARIANTS[base], f"--trainer.max_time=00:00:{a.minutes:02d}:00", "--trainer.callbacks=[]"],
+                         tmp / name, common, test_sigma=True)
         entry = {"series": clock.series, "test_sigma_at_minutes": {str(m): at(clock.series, 60 * m) for m in MARKS_MIN},
                  "final": clock.series[-1]}
         if name.endswith("+finish"):  # the same run's last checkpoint, finished
@@ -178,7 +180,7 @@ if __name__ == "__main__":
     ap.add_argument("--epochs", type=int, default=None, help="speed: 2, variants and drift: 3")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 128, 256, 1024])
     ap.add_argument("--heads", nargs="+", default=list(HEADS), choices=list(HEADS))
-    ap.add_argument("--variants", nargs="+", default=["best+finish", "bihomogeneous+finish"],
+    ap.add_argument("--variants", nargs="+", default=["best+finish", "best-long+finish", "bihomogeneous-long+finish"],
                     help=f"quality: some of {list(VARIANTS)}, each optionally with +finish")
     ap.add_argument("--minutes", type=int, default=15)
     ap.add_argument("--finish-iterations", type=int, default=20)
