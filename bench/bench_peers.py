@@ -362,6 +362,7 @@ def main():
     ap.add_argument("--lbfgs-iters", type=int, default=20)
     ap.add_argument("--skip-peer", action="store_true")
     ap.add_argument("--skip-mflow", action="store_true")
+    ap.add_argument("--reuse-peer", default=None, help="take the peer's side from an earlier peers.json (same test points)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 2k points, 2 epochs a side, 2 L-BFGS iterations")
     ap.add_argument("--cpu", type=int, default=None, help="pin both children to this core with taskset")
     ap.add_argument("--out", default=None, help="default bench/results/peers.json (peers-quick.json with --quick)")
@@ -380,7 +381,13 @@ def main():
     with tempfile.TemporaryDirectory(prefix="bench-peers-") as tmp:
         work = Path(tmp)
         test_file = save_pointset(work / "test.npz", test, manifold("fermat_quintic"), seed=TEST_SEED)
-        if not args.skip_peer:
+        if args.reuse_peer:  # the peer's side of an earlier run on the same test points
+            earlier = json.loads(Path(args.reuse_peer).read_text())
+            if earlier["test_points"] != result["test_points"]:
+                raise ValueError(f"{args.reuse_peer} was measured on other test points: {earlier['test_points']}")
+            peer_versions = {k: v for k, v in earlier["versions"].items() if k not in versions()}
+            result["mlgeometry"] = {**earlier["mlgeometry"], "reused_from": args.reuse_peer, "versions": peer_versions}
+        elif not args.skip_peer:
             result["mlgeometry"] = peer_side(args, test, work)
         if not args.skip_mflow:
             result["mflow"] = {c: mflow_side(args, c, test_file, work) for c in args.mflow_config}
