@@ -51,9 +51,9 @@ VARIANTS = {  # name -> train.py arguments (quality and variants parts); "-long"
     "best": ["--config", "conf/best.yaml"],
     "best-f64": ["--config", "conf/best.yaml", "--model.precision=float64", "--model.compile=false"],
     "best-f32": ["--config", "conf/best.yaml", "--model.compile=false"],
-    "best-long": ["--config", "conf/best.yaml", "--trainer.max_epochs=-1", "--model.lr_decay=0.97"],
+    "best-long": ["--config", "conf/best.yaml", "--trainer.max_epochs=-1", "--model.lr_decay=0.96"],
     "bihomogeneous": ["--config", "conf/bihomogeneous.yaml"],
-    "bihomogeneous-long": ["--config", "conf/bihomogeneous.yaml", "--trainer.max_epochs=-1", "--model.lr_decay=0.97"],
+    "bihomogeneous-long": ["--config", "conf/bihomogeneous.yaml", "--trainer.max_epochs=-1", "--model.lr_decay=0.96"],
 }
 MARKS_MIN = (1, 5, 15)
 
