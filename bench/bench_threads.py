@@ -47,7 +47,7 @@ def main(argv=None):
         for name, (config, extra) in jobs.items():
             res["jobs"][name] = {str(n): train(config, n, Path(tmp) / f"{config}-{n}-{len(res['jobs'])}", *extra) for n in counts}
             print(name, {n: round(v["seconds_per_epoch"], 3) for n, v in res["jobs"][name].items()}, flush=True)
-        ckpt = next((Path(tmp) / f"default.yaml-1-0" / "checkpoints").glob("last.ckpt"))
+        ckpt = next((Path(tmp) / "default.yaml-1-0" / "checkpoints").glob("last.ckpt"))
         ev = {}
         for n in counts:
             t = time.perf_counter()

@@ -8,11 +8,13 @@ and compile variants, start-up overhead, and test sigma against wall time. Write
     python bench/bench_training.py quality [--minutes 15] [--variants best best-long+finish ...] [--finish-iterations 20]
     common: [--accelerator cpu|gpu] [--threads N] [--out PATH]
 
-speed: each head in its shipped configuration (HEADS below), the NTKDrift callback off, 80% of --points as train
-points; a head's "seconds per epoch" is the median time of its training epochs after the first (the first includes
+speed: each head in its shipped configuration (HEADS below) but at learning rate 1e-4 (a step's time does not depend
+on it; the shipped MultFS rate leaves the metric non-PD within 2 epochs at batch 256), the NTKDrift callback off,
+80% of --points as train points; a head's "seconds per epoch" is the median time of its training epochs after the first (the first includes
 warm-up and, with compile, compilation; it is reported apart), validation excluded.
 quality: test sigma (the run's own 10% test split) after every epoch against the wall time of training alone (the
-benchmark's evaluations are excluded), interpolated at 1, 5 and 15 minutes; for a variant ending in "+finish",
+benchmark's evaluations and validation excluded), interpolated at 1, 5 and 15 minutes (a run that ended earlier
+keeps its final sigma); a variant trains until --minutes of training alone are past; for a variant ending in "+finish",
 finish.py's full-batch L-BFGS then runs on the same run's last checkpoint (its seconds and test sigma added).
 """
 from __future__ import annotations
@@ -56,28 +58,39 @@ VARIANTS = {  # name -> train.py arguments (quality and variants parts); "-long"
     "bihomogeneous-long": ["--config", "conf/bihomogeneous.yaml", "--trainer.max_epochs=-1", "--model.lr_decay=0.96"],
 }
 MARKS_MIN = (1, 5, 15)
+SPEED_LR = "--model.lr=1e-4"  # speed: the time of a step does not depend on it; a small one keeps every head PD at every batch size
 
 
 class EpochClock(L.Callback):
-    """Training-epoch seconds, and (optionally) the test sigma after every epoch against training wall time."""
+    """Training-epoch seconds (validation excluded) and, optionally, the test sigma after every epoch against the
+    training time so far; with a budget (seconds of training alone) the run stops at the first epoch past it."""
 
-    def __init__(self, test_sigma: bool = False):
+    def __init__(self, test_sigma: bool = False, budget: float | None = None):
         self.epochs: list[float] = []
         self.series: list[dict] = []
-        self.test_sigma, self.train_seconds = test_sigma, 0.0
+        self.test_sigma, self.budget, self.train_seconds = test_sigma, budget, 0.0
 
     def on_train_start(self, trainer, module):
         if self.test_sigma:
             self._record(trainer, module)
 
     def on_train_epoch_start(self, trainer, module):
-        self._t = time.perf_counter()
+        self._t, self._val = time.perf_counter(), 0.0
+
+    def on_validation_start(self, trainer, module):
+        self._v = time.perf_counter()
+
+    def on_validation_end(self, trainer, module):
+        if not trainer.sanity_checking:
+            self._val += time.perf_counter() - self._v
 
     def on_train_epoch_end(self, trainer, module):
-        self.epochs.append(time.perf_counter() - self._t)
+        self.epochs.append(time.perf_counter() - self._t - self._val)
         self.train_seconds += self.epochs[-1]
         if self.test_sigma:
             self._record(trainer, module)
+        if self.budget is not None and self.train_seconds >= self.budget:
+            trainer.should_stop = True
 
     def _record(self, trainer, module):
         sigma = module.measure(trainer.datamodule.test)["sigma"]
@@ -85,8 +98,8 @@ class EpochClock(L.Callback):
         print(f"[bench] {self.series[-1]}", flush=True)
 
 
-def train(args: list[str], run_dir: Path, common: list[str], test_sigma: bool = False):
-    clock = EpochClock(test_sigma)
+def train(args: list[str], run_dir: Path, common: list[str], test_sigma: bool = False, budget: float | None = None):
+    clock = EpochClock(test_sigma, budget)
     trainer = main([*args, f"--run_dir={run_dir}", "--wandb=disabled", "--trainer.enable_progress_bar=false", *common],
                    callbacks=[clock])
     return clock, trainer
@@ -102,9 +115,10 @@ def speed(a, common, tmp):
     for head in a.heads:
         for bs in a.batch_sizes:
             clock, _ = train([*HEADS[head], f"--data.n_points={a.points}", f"--data.batch_size={bs}",
-                              f"--trainer.max_epochs={a.epochs}", "--trainer.callbacks=[]", "--test=false"],
+                              f"--trainer.max_epochs={a.epochs}", "--trainer.callbacks=[]", "--test=false", SPEED_LR],
                              tmp / f"{head}-{bs}", common)
             out.setdefault(head, {})[str(bs)] = per_epoch(clock)
+            a.save(out)
             print(f"[bench] {head} batch {bs}: {out[head][str(bs)]['seconds_per_epoch']:.2f} s/epoch", flush=True)
     return out
 
@@ -116,6 +130,7 @@ def variants(a, common, tmp):
                                 "--trainer.callbacks=[]"], tmp / name, common)
         s = json.loads((tmp / name / "summary.json").read_text())
         out[name] = {**per_epoch(clock), "val_sigma": s["sigma_final"]["val"], "test_sigma": s["sigma_final"]["test"]}
+        a.save(out)
         print(f"[bench] {name}: {out[name]['seconds_per_epoch']:.2f} s/epoch, val sigma {out[name]['val_sigma']:.4g}", flush=True)
     return out
 
@@ -148,17 +163,17 @@ def drift(a, common, tmp):
     return out
 
 
-def at(series: list[dict], seconds: float) -> float | None:
+def at(series: list[dict], seconds: float) -> float:
+    """Test sigma after `seconds` of training, interpolated linearly; a run that ended earlier keeps its final one."""
     ts, ss = [p["seconds"] for p in series], [p["test_sigma"] for p in series]
-    return float(np.interp(seconds, ts, ss)) if ts and seconds <= ts[-1] else None
+    return float(np.interp(seconds, ts, ss))
 
 
 def quality(a, common, tmp):
     out = {}
     for name in a.variants:
         base = name.removesuffix("+finish")
-        clock, _ = train([*VARIANTS[base], f"--trainer.max_time=00:00:{a.minutes:02d}:00", "--trainer.callbacks=[]"],
-                         tmp / name, common, test_sigma=True)
+        clock, _ = train([*VARIANTS[base], "--trainer.callbacks=[]"], tmp / name, common, test_sigma=True, budget=60 * a.minutes)
         entry = {"series": clock.series, "test_sigma_at_minutes": {str(m): at(clock.series, 60 * m) for m in MARKS_MIN},
                  "final": clock.series[-1]}
         if name.endswith("+finish"):  # the same run's last checkpoint, finished
@@ -166,6 +181,7 @@ def quality(a, common, tmp):
             entry["finish"] = {"seconds": rep["seconds"], "iterations": rep["iterations"], "test_sigma": rep["sigma_after"]["test"],
                                "seconds_total": clock.series[-1]["seconds"] + rep["seconds"], "sigma_after": rep["sigma_after"]}
         out[name] = entry
+        a.save(out)
         print(f"[bench] {name}: {entry['test_sigma_at_minutes']} final {entry['final']} {entry.get('finish', '')}", flush=True)
     return out
 
@@ -190,12 +206,21 @@ if __name__ == "__main__":
     a = ap.parse_args()
     a.epochs = a.epochs or {"speed": 2, "variants": 3, "drift": 3}.get(a.part)
     common = [f"--trainer.accelerator={a.accelerator}"] + ([f"--num_threads={a.threads}"] if a.threads else [])
-    with tempfile.TemporaryDirectory(prefix="bench-training-") as tmp:
-        t = time.perf_counter()
-        result = PARTS[a.part](a, common, Path(tmp))
-    meta = {"part": a.part, "args": vars(a), "torch": torch.__version__, "threads": a.threads or torch.get_num_threads(),
-            "cpu_count": os.cpu_count(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "loadavg_end": os.getloadavg(), "bench_seconds": time.perf_counter() - t}
+    unknown = [v for v in a.variants if v.removesuffix("+finish") not in VARIANTS]
+    if unknown:
+        ap.error(f"--variants {unknown}: choose from {list(VARIANTS)}, each optionally with +finish")
     path = Path(a.out) if a.out else OUT / f"training-{a.part}.json"
-    write_json(path, {"meta": meta, a.part: result})
+    t = time.perf_counter()
+    args = {k: v for k, v in vars(a).items()}
+
+    def save(result, done=False):  # after every entry: an interrupted benchmark keeps what it measured
+        meta = {"part": a.part, "args": args, "complete": done, "torch": torch.__version__,
+                "threads": a.threads or torch.get_num_threads(), "cpu_count": os.cpu_count(),
+                "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                "loadavg_end": os.getloadavg(), "bench_seconds": time.perf_counter() - t}
+        write_json(path, {"meta": meta, a.part: result})
+
+    a.save = save
+    with tempfile.TemporaryDirectory(prefix="bench-training-") as tmp:
+        save(PARTS[a.part](a, common, Path(tmp)), done=True)
     print(f"wrote {path}")

@@ -3,6 +3,17 @@ from __future__ import annotations
 
 import math
 
+import torch
+
+PRECISIONS = {"float64": torch.float64, "float32": torch.float32}
+
+
+def precision(name: str, value: str) -> torch.dtype:
+    """The dtype of a precision option (float64 | float32); else ValueError naming the argument."""
+    if value not in PRECISIONS:
+        raise ValueError(f"{name} must be one of {tuple(PRECISIONS)}, got {value!r}")
+    return PRECISIONS[value]
+
 
 def integer(name: str, value, lo: int = 1) -> int:
     """value, if it is an int >= lo (bools refused); else ValueError naming the argument."""

@@ -7,6 +7,7 @@ import torch
 
 from mflow import losses
 from mflow.cli.finish import finish_checkpoint, main as finish_main
+from mflow.cli.resume import resume_arguments
 from mflow.cli.train import main as train_main
 from mflow.evaluation.checkpoints import load_checkpoint, prepare_train_data
 from mflow.flows import NetworkFlow
@@ -47,3 +48,6 @@ def test_finish_lowers_the_train_loss_and_writes_a_checkpoint_evaluate_reads(tmp
     assert "val sigma" in lines[-1]
     with pytest.raises(ValueError, match="--iterations"):
         finish_main(["--ckpt", str(ckpt), "--iterations", "0"])
+    with pytest.raises(ValueError, match="written by finish.py"):  # no optimizer state: resuming it would restart Adam
+        resume_arguments([f"--ckpt_path={out}"])
+    assert resume_arguments([f"--ckpt_path={ckpt}"])[1] == run  # the run's own checkpoint still resumes

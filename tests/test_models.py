@@ -224,6 +224,18 @@ def test_float32_network_gives_the_float64_metric_to_single_precision(quintic, p
     assert float((g32 - g64).abs().max()) > 0  # the float32 path was taken
 
 
+def test_metric_ntk_of_a_float32_network_equals_its_jacobian_kernel(quintic, pts):
+    """structured (float32 layer inputs, float64 Gram products) and jacobian agree on a float32 network."""
+    from mflow.ntk import metric_ntk
+
+    m = MetricModel(quintic, "multfs", depth=2, width=16, out_scale=0.3, precision="float32")
+    p = pts[:12]
+    K = metric_ntk(m, p, kind="trace", method="jacobian")
+    assert K.dtype == torch.float64
+    assert torch.allclose(metric_ntk(m, p, kind="trace", method="structured"), K, rtol=1e-5)
+    assert torch.allclose(metric_ntk(m, p, kind="trace"), K, rtol=1e-5)
+
+
 def test_compiled_training_forward_equals_the_eager_one_and_evaluation_stays_eager(quintic, pts):
     m = MetricModel(quintic, "phifs", depth=2, width=16, features="invariant", out_scale=0.3, compile=True)
     eager = MetricModel(quintic, "phifs", depth=2, width=16, features="invariant", out_scale=0.3)
@@ -234,6 +246,10 @@ def test_compiled_training_forward_equals_the_eager_one_and_evaluation_stays_eag
     assert torch.allclose(g, eager(p.z, p.patch, p.elim), rtol=1e-12, atol=1e-15)
     g.real.sum().backward()  # gradients flow through the compiled function
     assert all(q.grad is not None for q in m.parameters())
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     m.eval()
     m(pts.z, pts.patch, pts.elim)  # another batch shape: no compilation in evaluation
-    assert len(m._compiled) == 1
+    m.train()
+    with torch.no_grad():
+        m(pts.z, pts.patch, pts.elim)  # nor without gradients (fit-start sigmas, NTK probes)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs

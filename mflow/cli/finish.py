@@ -37,14 +37,16 @@ def finish_checkpoint(path, out=None, iterations: int = 20, chunk: int = 4096, l
     t = time.perf_counter()
     trace = lbfgs_finish(module, dm.train, iterations, chunk)
     seconds = time.perf_counter() - t
-    after = {k: module.measure(p)["sigma"] for k, p in splits.items()}
+    measured = {k: module.measure(p) for k, p in splits.items()}
+    after = {k: m["sigma"] for k, m in measured.items()}
     raw = read_checkpoint(path)
     raw["state_dict"] = {k: v.detach().cpu() for k, v in module.state_dict().items()}
     raw["optimizer_states"], raw["lr_schedulers"] = [], []
-    raw["mflow"] = module.checkpoint_meta()
+    raw["mflow"] = {**module.checkpoint_meta(), "finished": {"iterations": iterations, "from": str(path)}}
     AtomicCheckpointIO().save_checkpoint(raw, out)
     report = {"checkpoint": str(path), "finished": str(out), "iterations": iterations, "evaluations": len(trace),
-              "loss": trace, "seconds": seconds, "sigma_before": before, "sigma_after": after}
+              "loss": trace, "seconds": seconds, "sigma_before": before, "sigma_after": after,
+              "not_pd_after": {k: m["not_pd"] for k, m in measured.items()}}
     write_json(out.with_suffix(".json"), report)
     log(f"[mflow] finish: val sigma {before['val']:.4g} -> {after['val']:.4g}, test {before['test']:.4g} -> "
         f"{after['test']:.4g} in {seconds:.0f} s; wrote {out}")

@@ -74,6 +74,9 @@ def resume_arguments(argv: list[str]) -> tuple[list[str], Path | None]:
             f"a resumed run keeps its own settings ({config}); {', '.join('--' + k for k in refused)} cannot change "
             f"on resume (allowed: {', '.join('--' + k for k in sorted(SAFE_ON_RESUME))}). Start a new run to change them"
         )
-    read_checkpoint(ckpt)  # a corrupt checkpoint is refused before anything is written
+    raw = read_checkpoint(ckpt)  # a corrupt checkpoint is refused before anything is written
+    if raw.get("mflow", {}).get("finished"):
+        raise ValueError(f"{ckpt} was written by finish.py (L-BFGS, no optimizer state): it is evaluated, not resumed; "
+                         "resume the run's own last.ckpt")
     safe = [f"--{k}={v}" if v is not None else f"--{k}" for k, v in opts if k in SAFE_ON_RESUME]
     return ["--config", str(config), *safe, f"--ckpt_path={ckpt}", f"--run_dir={run}"], run

@@ -73,9 +73,6 @@ class ClusteredDataModule(CYDataModule):
             self.train, self.surface, self.n_clusters, self.cluster_batch_size, self.cluster_seed, self.merge, self.linkage
         )
 
-    def cluster_sizes(self) -> torch.Tensor:
-        return torch.bincount(self.cluster_labels, minlength=self.n_clusters)
-
     def train_dataloader(self) -> ResumableLoader:
         if self.train is None or self.cluster_labels is None:
             raise RuntimeError("call setup() before asking for dataloaders")

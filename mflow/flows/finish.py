@@ -19,8 +19,8 @@ def full_batch_loss(module, points: CYPoints, chunk: int) -> torch.Tensor:
     """The run's loss on all the points, its gradient accumulated chunk by chunk: returns the (detached) loss.
 
     The chunks' losses are weighted by their share of the total weight: the sum is the whole set's loss for every
-    term that is a weighted mean of a pointwise quantity (all but volume, which is the mean of its chunks' values,
-    as in training it is the mean of its batches' values).
+    term that is a weighted mean of a pointwise quantity (all but volume: that term is the weight-weighted mean of
+    its chunks' volume losses, as in training it is the mean of its batches', not the whole set's volume loss).
     """
     total_w = float(points.weights.sum())
     total = 0.0

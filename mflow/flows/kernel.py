@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from mflow import losses as losses_
+from mflow import checks
 from mflow.checks import integer
 from mflow.data.clustering import check_labels
 from mflow.geometry import volume
@@ -61,7 +62,6 @@ from . import chart_sums
 CHART_MODES = ("ambient", "transform", "reject")
 PD_POLICIES = ("backtrack", "clip", "stop")
 REDUCTIONS = ("mean", "sum")
-PRECISIONS = {"float64": torch.float64, "float32": torch.float32}
 
 # buffers whose first dimension is the number of train points (or clusters) in the flow (resized on load)
 STATE_BUFFERS = (
@@ -108,9 +108,7 @@ class FrozenKernelFlow(nn.Module):
         self.metric_kernel = bool(getattr(kernel, "acts_on_components", False))
         if self.metric_kernel and normalize:
             raise ValueError("normalize applies to scalar kernels; the network's metric-NTK is used as it is")
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
-        self.tile_dtype, self.device = PRECISIONS[precision], device  # of the kernel tiles (mflow.kernels Kernel.apply)
+        self.tile_dtype, self.device = checks.precision("precision", precision), device  # of the kernel tiles (Kernel.apply)
         self.surface, self.kernel = surface, kernel
         self.lr, self.lr_step_decay, self.loss_name, self.reduction = float(lr), float(lr_step_decay), loss, reduction
         self.chart_mode, self.pd_policy, self.max_backtracks = chart_mode, pd_policy, max_backtracks

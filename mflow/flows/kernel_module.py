@@ -115,8 +115,13 @@ class KernelFlow(FlowModule):
         return self.flow.predict_metric(points, use_state)
 
     def initial_sigmas(self, dm) -> torch.Tensor:
-        """sigma of g_FS (the flow's starting metric) on the splits."""
-        return torch.stack([volume.sigma(p.weights, volume.real_det(p.g_fs), p.omega_sq) for p in (dm.train, dm.val, dm.test)])
+        """sigma of the flow's starting metric on the splits: g_FS, or the network's own for a network_ntk kernel
+        with base: network."""
+        def sigma(p):
+            g = self.flow.base_metric(p.as_batch())
+            return volume.sigma(p.weights, volume.real_det(g), p.omega_sq)
+
+        return torch.stack([sigma(p) for p in (dm.train, dm.val, dm.test)])
 
     # ------------------------------------------------------------------ Lightning
     def setup(self, stage: str) -> None:

@@ -47,11 +47,6 @@ class CYPoints:
         """The batch dict the flows and losses consume: {z, patch, elim, pullback, omega_sq, g_fs, weights}."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
-    @classmethod
-    def from_batch(cls, batch: dict[str, torch.Tensor]) -> "CYPoints":
-        """The inverse of :meth:`as_batch` (other keys of the batch, e.g. features or index, are ignored)."""
-        return cls(**{f.name: batch[f.name] for f in fields(cls)})
-
     def to(self, device) -> "CYPoints":
         return CYPoints(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 

@@ -47,6 +47,7 @@ class BihomogeneousNet(nn.Module):
         self.layers = nn.Sequential(*layers)
         self.log_w = nn.Parameter(torch.zeros(width, 1, dtype=torch.float64))
         self.degree = 2**depth
+        self.scale = 1 / (self.degree * math.pi)
 
     def readout(self, dtype: torch.dtype) -> torch.Tensor:
         """Positive read-out weights exp(v): [width, 1]."""
@@ -55,10 +56,12 @@ class BihomogeneousNet(nn.Module):
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         return self.layers(u) @ self.readout(u.dtype)
 
+    def potential(self, u: torch.Tensor) -> torch.Tensor:
+        """phi = log Q / (D pi): [N, F] -> [N, 1]."""
+        return torch.log(self(u)) * self.scale
+
     def potential_jet(self, u: torch.Tensor, du: torch.Tensor, ddu: torch.Tensor):
         """Jet of phi = log Q / (D pi) from the features' jets (mflow.models.taylor's layout): -> [N, 1] etc."""
         y, dy, ddy = taylor.mlp_ddbar(self.layers, u, du, ddu)
         w = self.readout(y.dtype)
-        phi, d, dd = taylor.log_jet(y @ w, dy @ w, ddy @ w)
-        s = 1 / (self.degree * math.pi)
-        return s * phi, s * d, s * dd
+        return tuple(self.scale * t for t in taylor.log_jet(y @ w, dy @ w, ddy @ w))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import checks
 from ..geometry import charts
 from ..geometry.forms import hermitian, scatter_upper
 from ..geometry.hypersurface import Hypersurface
@@ -21,7 +22,6 @@ from .mlp import MLP
 HEADS = ("free", "addfs", "multfs", "matrixfs", "phifs", "bihomogeneous")
 POTENTIAL_HEADS = ("phifs", "bihomogeneous")  # g = g_FS + d dbar phi: Kaehler by construction
 FEATURES = ("chart", "invariant")
-PRECISIONS = {"float64": torch.float64, "float32": torch.float32}
 
 
 def invariant_features(z: torch.Tensor) -> torch.Tensor:
@@ -79,8 +79,7 @@ class MetricModel(nn.Module):
         compile: bool = False,
     ):
         super().__init__()
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
+        self.dtype = checks.precision("precision", precision)
         if head not in HEADS:
             raise ValueError(f"unknown head {head!r}; choose one of {HEADS}")
         if head == "phifs" and activation == "relu":
@@ -100,14 +99,14 @@ class MetricModel(nn.Module):
             d_in = 2 * n1 if features == "chart" else n1 * n1
             d_out = 1 if head == "phifs" else self.m * self.m
             self.net = MLP(d_in, d_out, depth, width, activation, parametrization, sigma_w, sigma_b)
-        self.dtype = PRECISIONS[precision]
         self.compile = compile
         self._compiled = {}
 
     def _run(self, name: str, fn, *args):
-        """fn(*args), compiled (once per function) if asked, in training, outside derivative transforms (evaluation
-        sees many batch shapes and grad modes: each would recompile, so it runs eagerly)."""
-        if not (self.compile and self.training) or torch._C._functorch.is_functorch_wrapped_tensor(args[-1]):
+        """fn(*args), compiled (once per function) if asked, in a training step (training mode, gradients on) outside
+        derivative transforms; evaluation sees many batch shapes and grad modes (each would recompile): eager."""
+        training_step = self.compile and self.training and torch.is_grad_enabled()
+        if not training_step or torch._C._functorch.peek_interpreter_stack() is not None:
             return fn(*args)
         if name not in self._compiled:
             self._compiled[name] = torch.compile(fn, dynamic=False)
@@ -128,8 +127,7 @@ class MetricModel(nn.Module):
     def phi(self, z: torch.Tensor) -> torch.Tensor:
         """Kaehler potential correction phi(z) (potential heads): [N, n+1] -> [N]."""
         if self.head == "bihomogeneous":
-            Q = self._run("net", self.net, self.inputs(z).to(self.dtype)).double()
-            return torch.log(Q[:, 0]) / (self.net.degree * torch.pi)
+            return self.net.potential(self.inputs(z).to(self.dtype))[:, 0].double()
         return self.network(z)[:, 0]
 
     def _potential_jet(self, u: torch.Tensor, du: torch.Tensor, ddu: torch.Tensor):

@@ -1,4 +1,4 @@
-"""Fully connected networks in standard or NTK parametrisation (float64).
+"""Fully connected networks in standard or NTK parametrisation (float64 parameters; float32 inputs run in float32).
 
 NTK parametrisation (as in neural-tangents): weights W ~ N(0, 1), biases b ~ N(0, 1), and a layer
 computes sigma_w W x / sqrt(fan_in) + sigma_b b. Standard parametrisation draws

@@ -39,8 +39,6 @@ def hermitian_from_pairs(dd: torch.Tensor, m: int) -> torch.Tensor:
 
 def _derivatives(act: nn.Module, h: torch.Tensor):
     """f'(h), f''(h) of an elementwise activation."""
-    if isinstance(act, nn.ReLU):
-        return (h > 0).to(h.dtype), torch.zeros_like(h)
     if isinstance(act, nn.Tanh):
         t = torch.tanh(h)
         return 1 - t**2, -2 * t * (1 - t**2)

@@ -9,6 +9,7 @@ import torch
 from .components import as_points, network_output
 from .metric_ntk import network_ntk, output_ntk
 
+
 def frobenius(K: torch.Tensor) -> float:
     """|K|_F over all axes."""
     return float(torch.linalg.vector_norm(K))

@@ -53,11 +53,6 @@ class LinearizedModel(nn.Module):
             return getattr(self._modules["base"], name)
         return super().__getattr__(name)
 
-    @property
-    def parameter_names(self) -> list[str]:
-        """Names of the linearised parameters in the wrapped model."""
-        return list(self._names)
-
     def theta0(self) -> dict[str, torch.Tensor]:
         """theta_0 (frozen): {name: tensor}."""
         return {n: self.base.get_buffer(n) for n in self._names}
