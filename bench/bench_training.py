@@ -44,7 +44,7 @@ from mflow.io import write_json  # noqa: E402
 HEADS = {  # head -> the configuration its figures come from
     "multfs": ["--config", "conf/default.yaml"],
     "free": ["--config", "conf/default.yaml", "--model.head=free"],
-    "addfs": ["--config", "conf/default.yaml", "--model.head=addfs"],
+    "addfs": ["--config", "conf/default.yaml", "--model.head=addfs", "--model.out_scale=0.03"],  # 0.3: g_FS + net not PD at init
     "matrixfs": ["--config", "conf/default.yaml", "--model.head=matrixfs"],
     "phifs": ["--config", "conf/best.yaml"],
     "bihomogeneous": ["--config", "conf/bihomogeneous.yaml"],

@@ -5,15 +5,18 @@
 #   3. seconds per epoch of every head on 1M points (800k train) at batch 4096
 #   4. one 100k-point unclustered frozen-kernel flow step, float64 and float32
 # Everything lands in $OUT (the device tool's output folder) or bench/results/device: JSON, test log, GPU name.
-#     bash bench/device_check.sh
+# One part per call keeps each under the device tool's 600 s per command:
+#     bash bench/device_check.sh [all|tests|speed|kernel]
 set -uo pipefail
+PART=${1:-all}
+case $PART in all|tests|speed|kernel) ;; *) echo "part must be all, tests, speed or kernel, not $PART"; exit 2;; esac
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results/device}
 mkdir -p "$OUT"
 export WANDB_MODE=offline MFLOW_CACHE_DIR=${MFLOW_CACHE_DIR:-/tmp/mflow-cache}
 status=0
 
-if python -c "import torch, lightning, sklearn, torchmetrics; assert torch.cuda.is_available()" 2>/dev/null; then
+if PYTHONPATH=$PWD python -c "import torch, mflow.cli.train, mflow.flows, pytest; assert torch.cuda.is_available()" 2>/dev/null; then
   PY=python
   export PYTHONPATH=$PWD
 else
@@ -27,11 +30,12 @@ print(json.dumps({"gpu": p.name, "memory_gib": round(p.total_memory / 2**30, 1),
                   "cuda": torch.version.cuda}))
 EOF
 
-timeout 240 $PY -m pytest -q -m cuda tests/ -p no:cacheprovider 2>&1 | tail -25 | tee "$OUT/cuda_tests.txt" || status=1
+run() { [ "$PART" = all ] || [ "$PART" = "$1" ]; }
+run tests && { timeout 240 $PY -m pytest -q -m cuda tests/ -p no:cacheprovider 2>&1 | tail -25 | tee "$OUT/cuda_tests.txt" || status=1; }
 
-timeout 240 $PY bench/bench_training.py speed --points 1000000 --batch-sizes 4096 --epochs 2 --accelerator gpu \
-  --out "$OUT/training_speed_1M_b4096.json" 2>&1 | grep -E "^\[bench\]|wrote|Error" || status=1
+run speed && { timeout 240 $PY bench/bench_training.py speed --points 1000000 --batch-sizes 4096 --epochs 2 --accelerator gpu \
+  --out "$OUT/training_speed_1M_b4096.json" 2>&1 | grep -E "^\[bench\]|wrote|Error" || status=1; }
 
-timeout 150 $PY bench/bench_kernel_flow.py --sizes 100000 --precision float64 float32 --device cuda \
-  --out "$OUT/kernel_flow_100k.json" 2>&1 | tail -5 || status=1
+run kernel && { timeout 150 $PY bench/bench_kernel_flow.py --sizes 100000 --precision float64 float32 --device cuda \
+  --out "$OUT/kernel_flow_100k.json" 2>&1 | tail -5 || status=1; }
 exit $status
