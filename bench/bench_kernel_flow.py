@@ -23,7 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+from mflow.evaluation.scaling import fit_power_law
+from mflow.io import write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "results" / "kernel_flow.json"
@@ -103,14 +104,12 @@ def main() -> None:
     for precision in a.precision:
         ok = [r for r in res["runs"] if r.get("precision") == precision and "seconds_per_step" in r]
         if len(ok) >= 2:
-            b, _ = np.polyfit(np.log([r["n_train"] for r in ok]), np.log([r["seconds_per_step"] for r in ok]), 1)
-            res[f"time_exponent_{precision}"] = float(b)
+            res[f"time_exponent_{precision}"] = fit_power_law([r["n_train"] for r in ok], [r["seconds_per_step"] for r in ok])[1]
         big = [r for r in ok if r["n_train"] >= 100_000]
         if big:
             res[f"goal_met_{precision}"] = bool(big[-1]["seconds_per_step"] <= 60 and big[-1]["peak_rss_mb"] < 4096)
     res["machine"]["load_average_at_end"] = os.getloadavg()
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(res, indent=2))
+    write_json(Path(a.out), res)
     print(f"wrote {a.out}")
 
 

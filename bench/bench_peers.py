@@ -47,6 +47,7 @@ import torch  # noqa: E402
 from mflow.data.pointset import sample_pointset, save_pointset  # noqa: E402
 from mflow.geometry import volume  # noqa: E402
 from mflow.geometry.hypersurface import manifold  # noqa: E402
+from mflow.io import write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PEER_VENV = ROOT / ".bench-venvs" / "mlgeometry"
@@ -404,8 +405,7 @@ def main():
     result["machine"]["loadavg_end"] = os.getloadavg()
     result["notes"] = ("sigma: mflow's definition with mflow's weights on the same mflow-sampled test points; elapsed "
                        "excludes the benchmark's evaluations; sigma_at uses the final sigma when a run ended earlier.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+    write_json(out, result)
     print(table(result))
     print(f"wrote {out}")
 

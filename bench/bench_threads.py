@@ -1,5 +1,5 @@
-"""Which torch thread count is fastest for each job on this machine (it sets train.py's --num_threads default,
-mflow.cli.train.default_threads): seconds per epoch of the network configs and of a kernel flow, and seconds of an
+"""Which torch thread count is fastest for each job on this machine (it sets the default of train.py's
+--num_threads): seconds per epoch of the network configs and of a kernel flow, and seconds of an
 evaluation, at 1 and at all cores. Writes bench/results/threads.json.
 
     python bench/bench_threads.py [--points 100000]
@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from mflow.io import write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "results"
@@ -56,8 +58,7 @@ def main(argv=None):
             ev[str(n)] = {"wall_seconds": time.perf_counter() - t}
         res["jobs"]["evaluate.py (10k test points, noise levels, Ricci)"] = ev
         print("evaluate", {n: round(v["wall_seconds"], 1) for n, v in ev.items()}, flush=True)
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "threads.json").write_text(json.dumps(res, indent=2))
+    write_json(OUT / "threads.json", res)
     return res
 
 

@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from mflow import ntk
 from mflow.io import pyplot, write_json, write_png
 from mflow.ntk.drift import analytic_relu_network_kernel, cka, frobenius, kernel_distance, network_kernel, relative_change
+from mflow.ntk.plan import check_kind_method
 
 
 # ----------------------------------------------------------------------------- NTKDrift
@@ -48,10 +49,7 @@ class NTKDrift(L.Callback):
         max_bytes: int = ntk.DEFAULT_MAX_BYTES,
         filename: str = "ntk_drift",
     ):
-        if kind not in ntk.KINDS:
-            raise ValueError(f"unknown kind {kind!r}; choose one of {ntk.KINDS}")
-        if method not in ntk.METHODS:
-            raise ValueError(f"unknown method {method!r}; choose one of {ntk.METHODS}")
+        check_kind_method(kind, method)
         if n_probe < 2 or every_n_steps < 1:
             raise ValueError(f"need n_probe >= 2 and every_n_steps >= 1, got {n_probe}, {every_n_steps}")
         self.n_probe, self.every_n_steps, self.kind, self.method = n_probe, every_n_steps, kind, method

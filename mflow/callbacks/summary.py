@@ -38,7 +38,8 @@ class RunSummary(L.Callback):
         self._write(trainer, pl_module)
 
     def on_test_end(self, trainer, pl_module):
-        self._write(trainer, pl_module)
+        if self.summary is None:  # a test after fit sees the fitted model: the summary is written already
+            self._write(trainer, pl_module)
 
     def _write(self, trainer, module):
         if not trainer.is_global_zero:
@@ -78,11 +79,10 @@ class RunSummary(L.Callback):
 def ran_optimizer(trainer) -> dict | None:
     """The optimizer(s) and lr scheduler(s) the trainer actually ran: class and hyperparameters of the first param
     group (a --optimizer / --lr_scheduler given on the command line shows here, not in the model's settings)."""
-    optimizers = [opt for opt in trainer.optimizers if opt.param_groups]  # a kernel flow has none (its step is lr)
-    if not optimizers:
+    if not trainer.optimizers:
         return None
     out = []
-    for opt in optimizers:
+    for opt in trainer.optimizers:
         group = {k: v for k, v in opt.param_groups[0].items() if k != "params" and isinstance(v, (int, float, str, bool, tuple))}
         out.append({"class": type(opt).__name__, **group})
     scheds = [type(c.scheduler).__name__ for c in trainer.lr_scheduler_configs]

@@ -19,19 +19,24 @@ SAFE_ON_RESUME = {
 
 
 def parse_options(argv: list[str]) -> list[tuple[str, str | None]]:
-    """The command line as (key, value) pairs, for ``--key=value``, ``--key value`` and bare ``--flag``."""
+    """The command line as (key, value) pairs, for ``--key=value``, ``--key value``, bare ``--flag`` and the
+    short ``-h`` / ``-c FILE`` of LightningCLI (keys 'h', 'c')."""
+    def short(tok):
+        return len(tok) == 2 and tok[0] == "-" and tok[1].isalpha()
+
     out, i = [], 0
     while i < len(argv):
         tok = argv[i]
-        if not tok.startswith("--"):
+        if not (tok.startswith("--") or short(tok)):
             raise ValueError(f"unexpected argument {tok!r}: options are --key=value")
-        if "=" in tok:
-            k, v = tok[2:].split("=", 1)
-        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
-            k, v = tok[2:], argv[i + 1]
+        name = tok[1:] if short(tok) else tok[2:]
+        if "=" in name:
+            k, v = name.split("=", 1)
+        elif i + 1 < len(argv) and not (argv[i + 1].startswith("--") or short(argv[i + 1])):
+            k, v = name, argv[i + 1]
             i += 1
         else:
-            k, v = tok[2:], None
+            k, v = name, None
         out.append((k, v))
         i += 1
     return out

@@ -46,7 +46,9 @@ class RunConfig(SaveConfigCallback):
         super().__init__(*args, save_to_log_dir=False, **kwargs)
 
     def save_config(self, trainer, pl_module, stage) -> None:
-        text = self.parser.dump(self.config, skip_none=False)
+        cfg = self.config.clone()  # the run's settings, not where it went nor what it resumed from:
+        cfg.run_dir = cfg.resume = cfg.ckpt_path = cfg.trainer.default_root_dir = None  # --config it to rerun elsewhere
+        text = self.parser.dump(cfg, skip_none=False)
         atomic_write(Path(trainer.default_root_dir) / self.config_filename, lambda tmp: Path(tmp).write_text(text))
 
 

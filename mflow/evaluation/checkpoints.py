@@ -182,21 +182,3 @@ def train_points(ck: LoadedCheckpoint) -> CYPoints:
     except ValueError as e:
         raise EvaluationError(f"{ck.path}: {e}") from None
     return pts
-
-
-def load_test_points(path, surface: Hypersurface | None = None) -> tuple[CYPoints, Hypersurface]:
-    """Test points from an mflow point-set file (or a cymetric dataset.npz, given the surface)."""
-    from mflow.data.pointset import PointSetError, is_cymetric_file, load_cymetric, load_pointset
-
-    path = Path(path)
-    if not path.exists():
-        raise EvaluationError(f"test data {path} does not exist")
-    try:
-        if is_cymetric_file(path):
-            if surface is None:
-                raise EvaluationError(f"{path} is a cymetric file (no manifold recorded): it needs the checkpoint's manifold")
-            return load_cymetric(path, surface), surface
-        ps = load_pointset(path, surface)
-        return ps.points, ps.surface
-    except PointSetError as e:
-        raise EvaluationError(f"test data {path}: {e}") from None

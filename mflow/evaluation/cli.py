@@ -5,6 +5,7 @@ import argparse
 
 import torch
 
+from ..data.population import POPULATIONS
 from .report import DEFAULT_DISTANCES, DEFAULT_SEED, DEFAULT_VARIANCES, evaluate
 from .scaling import DEFAULT_SCALING_N
 
@@ -28,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-distance", type=int, default=2000, help="test points whose distance to the train set is measured")
     p.add_argument("--ricci-points", type=int, default=500, help="points for the Ricci measure (0: skip)")
     p.add_argument("--keep-chart", action="store_true", help="noised points keep their train point's chart")
-    p.add_argument("--population", choices=("all_charts", "one_chart"), default=None,
+    p.add_argument("--population", choices=POPULATIONS, default=None,
                    help="of the fresh test points and the distance scaling (default: the one each model was trained on)")
     p.add_argument("--test-data", default=None, help="test points from this point-set file instead of sampling")
     p.add_argument("--scaling", action="store_true", help="also measure the distance scaling (Fig. 3 right)")

@@ -16,8 +16,6 @@ def sigma_fs(points: CYPoints) -> float:
     return float(volume.sigma(points.weights, volume.real_det(points.g_fs), points.omega_sq))
 
 
-
-
 def ricci_measures(ck: LoadedCheckpoint, points: CYPoints, k: int) -> dict | None:
     """Ricci measure of the model and of the FS metric on the first k points (None without second derivatives)."""
     if k <= 0 or not ck.has_derivatives or len(points) == 0:

@@ -50,6 +50,7 @@ def lbfgs_finish(module, points: CYPoints, iterations: int = 20, chunk: int = 40
         return loss
 
     module.train()
-    opt.step(closure)
+    with torch.compiler.set_stance("force_eager"):  # each new chunk size would recompile a compiled network
+        opt.step(closure)
     module.eval()
     return trace

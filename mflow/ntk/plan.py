@@ -67,6 +67,7 @@ def check_kind_method(kind: str, method: str) -> None:
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
 
+
 def _positive_int(name, v):
     if v is not None:
         integer(name, v)
