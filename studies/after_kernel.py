@@ -111,9 +111,16 @@ def after_kernel_flow(model, surface, train, test, kappa: float, fc: dict) -> di
             trials[c] = s0 / float(flow(c * len(train) / lam, fc["search_steps"]).train_sigma())
         except (FloatingPointError, ValueError):
             trials[c] = 0.0
-    c = max(trials, key=trials.get)
-    f = flow(c * len(train) / lam, fc["steps"])
-    return {"lambda_max": lam, "lr_scale": c, "search": [[k, v] for k, v in trials.items()],
+    failed = []  # a step fine for the short search can still leave the PD cone later: the next best then runs
+    for c in sorted(trials, key=trials.get, reverse=True):
+        try:
+            f = flow(c * len(train) / lam, fc["steps"])
+            break
+        except FloatingPointError:
+            failed.append(c)
+    else:
+        raise FloatingPointError(f"the after-kernel flow left the positive-definite cone at every step of {fc['lr_grid']}")
+    return {"lambda_max": lam, "lr_scale": c, "failed_lr_scales": failed, "search": [[k, v] for k, v in trials.items()],
             "train_gain": s0 / float(f.train_sigma()),
             "test_gain": sigma(test, test.g_fs) / sigma(test, f.predict_metric(test))}
 

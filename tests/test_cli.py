@@ -88,6 +88,11 @@ def test_the_run_directory_the_user_names_is_used(tmp_path):
     assert Path(trainer.default_root_dir) == tmp_path / "root"
     assert (tmp_path / "root" / "summary.json").exists() and (tmp_path / "root" / "config.yaml").exists()
     assert not (tmp_path / "run").exists() and not (ROOT / "runs" / "never").exists()
+    # config.yaml holds the settings, not where the run went: --config it (the short -c too) to rerun elsewhere
+    again = main(["-c", str(tmp_path / "root" / "config.yaml"), f"--run_dir={tmp_path / 'again'}"])
+    assert Path(again.default_root_dir) == tmp_path / "again" and (tmp_path / "again" / "summary.json").exists()
+    first = json.loads((tmp_path / "root" / "summary.json").read_text())
+    assert json.loads((tmp_path / "again" / "summary.json").read_text())["sigma_final"] == first["sigma_final"]
 
 
 def test_a_users_loggers_and_checkpoints_are_kept(tmp_path):
@@ -150,9 +155,12 @@ def test_nan_loss_stops_without_writing_a_checkpoint(tmp_path):
         assert all(torch.isfinite(v).all() for v in sd.values() if v.is_floating_point() and v.numel() and "initial_sigma" not in str(v))
 
 
-def test_print_config_runs(tmp_path):
+def test_print_config_and_help_run(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "train.py"), "--print_config"], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0 and "head: multfs" in out.stdout
+    for flag in ("-h", "--help"):
+        out = subprocess.run([sys.executable, str(ROOT / "train.py"), flag], capture_output=True, text=True, cwd=tmp_path)
+        assert out.returncode == 0 and "--trainer.max_epochs" in out.stdout, out.stderr[-300:]
 
 
 def test_ddp_with_two_cpu_processes_gives_the_single_process_sigma(tmp_path):
