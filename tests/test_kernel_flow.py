@@ -431,6 +431,9 @@ for clustered in (True, False):
     res[clustered] = {"metric": f.metric, "coeff": f.coeff, "steps": int(f.flow_steps), "pd": f.pd_counts.tolist(), "val_sigma": float(trainer.callback_metrics["val/sigma"])}
 if trainer.is_global_zero:
     torch.save(res, out)
+if torch.distributed.is_initialized():  # a process group left to interpreter exit can abort in gloo's threads
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 '''
 
 

@@ -34,3 +34,6 @@ if __name__ == "__main__":
     if trainer.is_global_zero:
         with open(out, "w") as f:
             json.dump({k: float(v) for k, v in res.items()}, f)
+    if torch.distributed.is_initialized():  # a process group left to interpreter exit can abort in gloo's threads
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
