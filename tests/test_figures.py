@@ -21,7 +21,7 @@ def _summary(tmp_path, *args) -> dict:
     ("phifs.yaml", (0.085, 0.14)),   # measured 0.097 / 0.100 / 0.125
 ], ids=["multfs-relu", "phifs"])
 def test_network_configs_learn(tmp_path, config, band):
-    """conf/<config> on 4000 points for 15 epochs (full size: README's 0.0143 and 0.0066 after 50 / 30 epochs)."""
+    """conf/<config> on 4000 points for 15 epochs (the full-size figures: README "Figures")."""
     s = _summary(tmp_path, "--config", str(ROOT / "conf" / config), "--data.n_points=4000", "--trainer.max_epochs=15",
                  "--trainer.callbacks=[]")
     assert band[0] <= s["sigma_final"]["test"] <= band[1], s["sigma_final"]
