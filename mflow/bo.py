@@ -161,7 +161,6 @@ def evaluate(settings: dict, params: dict, seed: int, cache_dir: str | None = No
 
     from .data.clustered import ClusteredDataModule
     from .flows.kernel import FrozenKernelFlow
-    from .geometry import volume
     from .kernels.registry import kernel
 
     dm = ClusteredDataModule(
@@ -181,13 +180,13 @@ def evaluate(settings: dict, params: dict, seed: int, cache_dir: str | None = No
     out = {"val_gain": None, "train_gain": None, "error": None}
     try:
         flow.attach(dm.train, dm.kappa_fs, dm.cluster_labels)
-        s_val0 = float(volume.sigma(dm.val.weights, volume.real_det(dm.val.g_fs), dm.val.omega_sq))
+        s_val0 = float(dm.val.sigma())
         s_tr0 = float(flow.train_sigma())
         for _ in range(settings["steps"]):
             flow.flow_step()
         out["train_gain"] = s_tr0 / float(flow.train_sigma())
         g_val = flow.predict_metric(dm.val)
-        out["val_gain"] = s_val0 / float(volume.sigma(dm.val.weights, volume.real_det(g_val), dm.val.omega_sq))
+        out["val_gain"] = s_val0 / float(dm.val.sigma(g_val))
         if not math.isfinite(out["val_gain"]) or out["val_gain"] <= 0:
             raise FloatingPointError(f"validation gain {out['val_gain']}")
         out["target"] = math.log10(out["val_gain"])

@@ -40,7 +40,6 @@ from mflow.data.datamodule import CYDataModule  # noqa: E402
 from mflow.data.pointset import sample_pointset  # noqa: E402
 from mflow.flows import FrozenKernelFlow, NetworkFlow  # noqa: E402
 from mflow.flows.checkpoint import read_checkpoint  # noqa: E402
-from mflow.geometry import volume  # noqa: E402
 from mflow.geometry.forms import dual_components  # noqa: E402
 from mflow.io import atomic_write, pyplot, write_json, write_png  # noqa: E402
 from mflow.kernels.network import NetworkNTK  # noqa: E402
@@ -76,7 +75,7 @@ def network_at(run: Path, epochs_done: int) -> NetworkFlow:
 
 
 def sigma(points, g) -> float:
-    return float(volume.sigma(points.weights, volume.real_det(g), points.omega_sq))
+    return float(points.sigma(g))
 
 
 def lambda_max(model, pts, iters: int = 15) -> float:

@@ -5,7 +5,7 @@ import copy
 
 import torch
 
-from mflow.geometry import curvature, volume
+from mflow.geometry import curvature
 from mflow.geometry.points import CYPoints
 
 from .checkpoints import LoadedCheckpoint
@@ -13,7 +13,7 @@ from .checkpoints import LoadedCheckpoint
 
 def sigma_fs(points: CYPoints) -> float:
     """sigma of the Fubini-Study metric on the points (eq. B.11)."""
-    return float(volume.sigma(points.weights, volume.real_det(points.g_fs), points.omega_sq))
+    return float(points.sigma())
 
 
 def ricci_measures(ck: LoadedCheckpoint, points: CYPoints, k: int) -> dict | None:

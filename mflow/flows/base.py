@@ -57,8 +57,7 @@ class FlowModule(L.LightningModule):
         """{"sigma": sigma of the metric on the points (its own kappa, eq. B.11), "not_pd": points where g is
         not positive definite (they enter sigma through their det g like any other)}."""
         g = self.predict_metric(points).cpu()
-        sigma = volume.sigma(points.weights.cpu(), volume.real_det(g), points.omega_sq.cpu())
-        return {"sigma": float(sigma), "not_pd": int(not_positive_definite(g).sum())}
+        return {"sigma": float(points.sigma(g)), "not_pd": int(not_positive_definite(g).sum())}
 
     def sigma_on(self, points: CYPoints) -> torch.Tensor:
         """sigma measure of the current metric on a point set (its own kappa)."""

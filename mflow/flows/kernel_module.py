@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 
 from mflow.checks import integer
-from mflow.geometry import volume
 from mflow.geometry.points import CYPoints
 from mflow.kernels.analytic import DEFAULT_BLOCK
 from mflow.kernels.network import NetworkNTK
@@ -117,11 +116,7 @@ class KernelFlow(FlowModule):
     def initial_sigmas(self, dm) -> torch.Tensor:
         """sigma of the flow's starting metric on the splits: g_FS, or the network's own for a network_ntk kernel
         with base: network."""
-        def sigma(p):
-            g = self.flow.base_metric(p.as_batch())
-            return volume.sigma(p.weights, volume.real_det(g), p.omega_sq)
-
-        return torch.stack([sigma(p) for p in (dm.train, dm.val, dm.test)])
+        return torch.stack([p.sigma(self.flow.base_metric(p.as_batch())) for p in (dm.train, dm.val, dm.test)])
 
     # ------------------------------------------------------------------ Lightning
     def setup(self, stage: str) -> None:

@@ -8,6 +8,7 @@ import torch
 from . import charts
 from .hypersurface import RDTYPE, Hypersurface
 from .sampling import sample_points
+from . import volume
 from .volume import mc_weights, real_det
 
 
@@ -46,6 +47,11 @@ class CYPoints:
     def as_batch(self) -> dict[str, torch.Tensor]:
         """The batch dict the flows and losses consume: {z, patch, elim, pullback, omega_sq, g_fs, weights}."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def sigma(self, g: torch.Tensor | None = None) -> torch.Tensor:
+        """sigma of the metric g [N, n-1, n-1] on these points, its own kappa (eq. B.11); g_FS when g is None."""
+        g = self.g_fs if g is None else g
+        return volume.sigma(self.weights.to(g.device), volume.real_det(g), self.omega_sq.to(g.device))
 
     def to(self, device) -> "CYPoints":
         return CYPoints(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
