@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from mflow.geometry.distance import fs_distance_matrix
-from mflow.geometry.hypersurface import manifold
+from mflow.geometry.presets import manifold
 from mflow.geometry.points import sample
 from mflow.data.clustering import LINKAGES, MERGES, agreement, batched_clustering, cluster_batch, cluster_figure
 

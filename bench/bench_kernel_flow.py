@@ -37,7 +37,7 @@ def child(n: int, precision: str, device: str, check: bool) -> dict:
     from mflow.data.pointset import sample_pointset
     from mflow.flows import FrozenKernelFlow
     from mflow.geometry import volume
-    from mflow.geometry.hypersurface import manifold
+    from mflow.geometry.presets import manifold
     from mflow.kernels import GaussianFS
 
     s = manifold("fermat_quintic")

@@ -40,7 +40,7 @@ def worker(a) -> None:
     """One method in this process: prints a JSON line, saves the kernel to a.out."""
     torch.set_num_threads(a.threads[0])
     from mflow import ntk
-    from mflow.geometry.hypersurface import manifold
+    from mflow.geometry.presets import manifold
     from mflow.geometry.points import sample
     from mflow.models.metric import MetricModel
 

@@ -46,7 +46,7 @@ import torch  # noqa: E402
 
 from mflow.data.pointset import sample_pointset, save_pointset  # noqa: E402
 from mflow.geometry import volume  # noqa: E402
-from mflow.geometry.hypersurface import manifold  # noqa: E402
+from mflow.geometry.presets import manifold  # noqa: E402
 from mflow.io import write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -51,14 +51,16 @@ def kaehler_loss(model, batch, kappa):
 
 
 def transition_loss(model, batch, kappa):
-    """Agreement on chart overlaps: g in the second-best patch vs T g T^dagger, relative squared error."""
+    """Agreement on chart overlaps: g in the second-best patch (of every factor) vs T g T^dagger, relative squared
+    error."""
+    X = model.surface
     z, patch, elim = batch["z"], batch["patch"], batch["elim"]
-    patch2 = z.abs().topk(2, -1).indices[:, 1]
-    z2 = charts.to_patch(z, patch2)
-    dp2 = model.surface.gradient(z2)
-    elim2 = charts.eliminated_coordinate(dp2, patch2)
-    J2 = charts.pullback(dp2, patch2, elim2)
-    T = charts.chart_jacobian(z2, J2, patch, charts.local_indices(patch, elim, z.shape[-1]))
+    patch2 = charts.choose_patch(X, z, rank=1)
+    z2 = charts.to_patch(X, z, patch2)
+    dp2 = X.gradient(z2)
+    elim2 = charts.choose_elim(X, dp2, patch2)
+    J2 = charts.pullback(X, dp2, patch2, elim2)
+    T = charts.chart_jacobian(X, z2, J2, patch, elim)
     g1 = T @ model(z, patch, elim) @ T.conj().transpose(-1, -2)
     g2 = model(z2, patch2, elim2)
     rel = ((g2 - g1).abs() ** 2).sum((-1, -2)) / (g1.abs() ** 2).sum((-1, -2))
@@ -77,7 +79,7 @@ def two_derivative_loss(model, batch, kappa):
     z, patch, elim, J = batch["z"], batch["patch"], batch["elim"], batch["pullback"]
 
     def eta_at(w):
-        om = charts.omega_sq(model.surface.gradient(w), elim)
+        om = charts.omega_sq(model.surface, model.surface.gradient(w), elim)
         return volume.eta(volume.real_det(model(w, patch, elim)), om, kappa)
 
     d_eta = curvature.tangent_del(eta_at, z, J)  # [N, a]

@@ -7,7 +7,7 @@ import argparse
 
 import torch
 
-from mflow.geometry.hypersurface import manifold
+from mflow.geometry.presets import manifold
 from mflow.geometry.points import sample
 from mflow.data.clustering import LINKAGES, MERGES, cluster_figure
 
@@ -24,8 +24,9 @@ def main(argv=None):
     p.add_argument("--out", default="figure2.png")
     a = p.parse_args(argv)
     torch.set_num_threads(min(torch.get_num_threads(), 2))
-    z = sample(manifold(a.manifold), a.points, a.seed).z
-    res = cluster_figure(z, a.out, a.clusters, a.batches, a.seed, a.merge, a.linkage)
+    X = manifold(a.manifold)
+    z = sample(X, a.points, a.seed).z
+    res = cluster_figure(z, a.out, a.clusters, a.batches, a.seed, a.merge, a.linkage, X=X)
     print(f"wrote {res['path']} ({len(z)} points, ARI batched vs full = {res['ari']:.3f})")
 
 

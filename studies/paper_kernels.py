@@ -41,7 +41,7 @@ from mflow.evaluation.plots import gain_curve  # noqa: E402
 from mflow.evaluation.scaling import PAPER_FIT, distance_scaling  # noqa: E402
 from mflow.geometry import volume  # noqa: E402
 from mflow.geometry.distance import NearestIndex  # noqa: E402
-from mflow.geometry.hypersurface import manifold  # noqa: E402
+from mflow.geometry.presets import manifold  # noqa: E402
 from mflow.io import atomic_write, pyplot, write_json, write_png  # noqa: E402
 
 PAPER = {"train_gain": "~1e6 (Gaussian, Delta), ~5 (ReLU)", "test_gain": "~5 at 1e3 and 1e5 points",
@@ -138,7 +138,7 @@ def local_bound(population: str, sizes, n_test: int = 5000) -> list[dict]:
         def eta(p):
             return volume.eta(volume.real_det(p.g_fs), p.omega_sq, kappa)
 
-        _, nn = NearestIndex(train.z).query(test.z)
+        _, nn = NearestIndex(train.z, s).query(test.z)
         w = test.weights
         sigma_fs = float((w * (1 - eta(test)).abs()).sum() / w.sum())
         left = float((w * (1 - eta(test) / eta(train)[nn]).abs()).sum() / w.sum())

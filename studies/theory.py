@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from mflow.geometry import perelman as P  # noqa: E402
-from mflow.geometry.hypersurface import manifold  # noqa: E402
+from mflow.geometry.presets import manifold  # noqa: E402
 from mflow.geometry.points import sample  # noqa: E402
 from mflow.io import pyplot, write_json, write_png  # noqa: E402
 from mflow.kernels.analytic import CosineNTK

@@ -12,6 +12,6 @@ torch.set_num_threads(2)
 
 @pytest.fixture(scope="session")
 def quintic():
-    from mflow.geometry.hypersurface import manifold
+    from mflow.geometry.presets import manifold
 
     return manifold("fermat_quintic")

@@ -19,7 +19,7 @@ from mflow.data.pointset import (
     sample_pointset,
     save_pointset,
 )
-from mflow.geometry.hypersurface import manifold
+from mflow.geometry.presets import manifold
 from mflow.geometry.points import sample
 
 FIELDS = ("z", "patch", "elim", "pullback", "omega_sq", "g_fs", "weights")
@@ -53,7 +53,7 @@ def test_round_trip(saved, quintic, pts):
         assert a.dtype == b.dtype and torch.equal(a, b), f
     m = loaded.metadata
     assert m["format_version"] == ps_mod.FORMAT_VERSION and m["created_by"] == "mflow"
-    assert (m["fingerprint"], m["n"], m["seed"], m["n_points"]) == (quintic.fingerprint(), 4, 3, 1000)
+    assert (m["fingerprint"], m["n_coords"], m["seed"], m["n_points"]) == (quintic.fingerprint(), 5, 3, 1000)
     assert loaded.surface.fingerprint() == quintic.fingerprint()
     assert read_metadata(saved) == m
     # without an expected surface the file's own manifold is used
@@ -87,7 +87,7 @@ def test_killed_writer_leaves_no_partial_file(tmp_path):
         import os, signal, torch
         torch.set_num_threads(2)
         from mflow.data import pointset
-        from mflow.geometry.hypersurface import manifold
+        from mflow.geometry.presets import manifold
         s = manifold("fermat_quintic")
         P = pointset.sample_pointset(s, 300, 0)
         pointset.save_pointset({str(tmp_path / "old.npz")!r}, P[:10], s, seed=0)

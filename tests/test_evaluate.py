@@ -18,7 +18,7 @@ from mflow.flows.checkpoint import seal
 from mflow.flows.network import NetworkFlow
 from mflow.geometry import volume
 from mflow.geometry.distance import NearestIndex, fs_distance, fs_distance_matrix
-from mflow.geometry.hypersurface import manifold
+from mflow.geometry.presets import manifold
 from mflow.geometry.points import sample
 
 def evaluate_py(args):

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from mflow.geometry import charts, curvature, distance, volume
-from mflow.geometry.hypersurface import Hypersurface, NotCalabiYauError, dwork, manifold, random_cy
-from mflow.geometry.points import sample
+from mflow.geometry.cicy import CompleteIntersection, NotCalabiYauError
+from mflow.geometry.presets import dwork, fermat, manifold, random_cy
+from mflow.geometry.points import cy_points, points_in_chart, sample
 
 SURFACES = {
     "quintic": lambda: manifold("fermat_quintic"),
@@ -14,15 +15,19 @@ SURFACES = {
     "cubic": lambda: manifold("fermat_cubic"),
     "dwork": lambda: dwork(0.3 + 0.1j),
     "random": lambda: random_cy(4, seed=3),
+    "bicubic": lambda: manifold("bicubic", kahler=(1.0, 1.7)),
+    "p1p3": lambda: manifold("p1p3", kahler=(0.8, 1.3)),
+    "tetraquadric": lambda: manifold("tetraquadric", kahler=(1.0, 1.2, 0.7, 2.0)),
+    "two_cubics": lambda: manifold("two_cubics", psi=0.5 + 0.2j, kahler=(1.4,)),
 }
 
 
 # ---------------------------------------------------------------- polynomial
 def test_refuses_non_cy_polynomials():
     with pytest.raises(NotCalabiYauError, match="not homogeneous"):
-        Hypersurface(torch.tensor([[5, 0, 0, 0, 0], [1, 1, 0, 0, 0]]), torch.ones(2))
+        CompleteIntersection(torch.tensor([[5, 0, 0, 0, 0], [1, 1, 0, 0, 0]]), torch.ones(2))
     with pytest.raises(NotCalabiYauError, match="not Calabi-Yau"):
-        Hypersurface(4 * torch.eye(5, dtype=torch.int64), torch.ones(5))
+        CompleteIntersection(4 * torch.eye(5, dtype=torch.int64), torch.ones(5))
     with pytest.raises(NotCalabiYauError, match="singular"):
         dwork(1.0)
     with pytest.raises(ValueError, match="unknown manifold"):
@@ -31,18 +36,19 @@ def test_refuses_non_cy_polynomials():
 
 def test_singular_point_is_refused():
     # z0^4 z1 + z1^4 z2 ... is fine, but z0^5 alone is singular everywhere on X
-    cone = Hypersurface(torch.tensor([[5, 0, 0, 0, 0]]), torch.ones(1))
+    cone = CompleteIntersection(torch.tensor([[5, 0, 0, 0, 0]]), torch.ones(1))
+    z = torch.tensor([[0, 1, 0.5, 0.3, 0.2]], dtype=torch.complex128)
     with pytest.raises(NotCalabiYauError, match="singular"):
-        cone.check_smooth_at(torch.tensor([[0, 1, 2, 3, 4]], dtype=torch.complex128))
+        cy_points(cone, z)
 
 
 @pytest.mark.parametrize("name", SURFACES)
 def test_gradient_matches_complex_finite_differences(name):
     X = SURFACES[name]()
-    z = torch.randn(7, X.n + 1, dtype=torch.complex128)
+    z = torch.randn(7, X.n_coords, dtype=torch.complex128)
     h = 1e-6
-    eye = torch.eye(X.n + 1, dtype=torch.complex128)
-    fd = torch.stack([(X(z + h * eye[i]) - X(z - h * eye[i])) / (2 * h) for i in range(X.n + 1)], -1)
+    eye = torch.eye(X.n_coords, dtype=torch.complex128)
+    fd = torch.stack([(X(z + h * eye[i]) - X(z - h * eye[i])) / (2 * h) for i in range(X.n_coords)], -1)
     assert torch.allclose(X.gradient(z), fd, rtol=1e-7, atol=1e-7)
 
 
@@ -53,7 +59,7 @@ def test_sampled_points_lie_on_x(name):
     P = sample(X, 2000, seed=1)
     assert len(P) == 2000
     assert float(X.residual(P.z).max()) < 1e-10
-    assert torch.all(P.z.gather(-1, P.patch[:, None]) == 1)
+    assert torch.all(P.z.gather(-1, charts.patch_coordinates(X, P.patch)) == 1)
     assert torch.all(P.z.abs() <= 1 + 1e-15)
 
 
@@ -95,24 +101,46 @@ def test_sigma_vanishes_when_eta_is_one():
 # ---------------------------------------------------------------- charts, pullback, FS metric
 @pytest.mark.parametrize("n1", [3, 4, 5, 7])
 def test_local_indices_are_the_sorted_remaining_coordinates_and_vmap(n1):
+    X = fermat(n1 - 1)
     pairs = torch.tensor([(p, e) for p in range(n1) for e in range(n1) if p != e])
-    loc = charts.local_indices(pairs[:, 0], pairs[:, 1], n1)
+    loc = charts.local_indices(X, pairs[:, 0], pairs[:, 1])
     want = torch.tensor([[j for j in range(n1) if j not in (p, e)] for p, e in pairs.tolist()])
     assert torch.equal(loc, want)
-    dp = torch.randn(len(pairs), n1, dtype=torch.complex128)
-    one = lambda d, p, e: charts.pullback(d[None], p[None], e[None])[0]  # noqa: E731
-    assert torch.equal(torch.func.vmap(one)(dp, pairs[:, 0], pairs[:, 1]), charts.pullback(dp, pairs[:, 0], pairs[:, 1]))
+    dp = torch.randn(len(pairs), 1, n1, dtype=torch.complex128)
+    one = lambda d, p, e: charts.pullback(X, d[None], p[None], e[None])[0]  # noqa: E731
+    assert torch.equal(torch.func.vmap(one)(dp, pairs[:, 0], pairs[:, 1]), charts.pullback(X, dp, pairs[:, 0], pairs[:, 1]))
+
+
+def test_chart_codes_of_a_product():
+    """patch / elim codes decode to one patch coordinate per factor and K increasing eliminated ones, and the
+    local coordinates are the rest, in order (two cubics: K = 2; tetraquadric: four factors)."""
+    for X in (SURFACES["two_cubics"](), SURFACES["tetraquadric"](), SURFACES["bicubic"]()):
+        P = sample(X, 300, seed=4)
+        pc, ec, loc = (charts.patch_coordinates(X, P.patch), charts.elim_coordinates(X, P.elim),
+                       charts.local_indices(X, P.patch, P.elim))
+        assert pc.shape == (len(P), len(X.dims)) and ec.shape == (len(P), X.K) and loc.shape == (len(P), X.dim)
+        assert torch.equal(X.factor_of[pc], torch.arange(len(X.dims)).expand(len(P), -1))  # one patch per factor
+        assert torch.all(ec[:, 1:] > ec[:, :-1]) if X.K > 1 else True
+        every = torch.sort(torch.cat([pc, ec, loc], -1), -1).values
+        assert torch.equal(every, torch.arange(X.n_coords).expand(len(P), -1))  # a partition of the coordinates
+        assert torch.all(loc[:, 1:] > loc[:, :-1])
+        ids = charts.chart_id(X, P.patch, P.elim)
+        assert torch.equal(torch.stack(charts.chart_of_id(X, ids)), torch.stack([P.patch, P.elim]))
+        # the patch coordinate is each factor's largest, the eliminated minor the largest allowed one
+        for s in X.factor_slices:
+            assert torch.all(P.z[:, s].abs().amax(-1) <= 1 + 1e-15)
 
 
 def _local_chart_map(X, z0, patch, elim):
-    """x (complex local coordinates, [K, n-1]) -> z on X, eliminated coordinate by Newton."""
-    loc = charts.local_indices(patch[None], elim[None], X.n + 1)[0]
+    """x (complex local coordinates, [B, d]) -> z on X, the K eliminated coordinates by Newton."""
+    loc = charts.local_indices(X, patch[None], elim[None])[0]
+    E = charts.elim_coordinates(X, elim[None])[0]
 
     def z_of(x):
         z = z0.expand(len(x), -1).clone()
         z[:, loc] = z0[loc] + x
         for _ in range(30):
-            z[:, elim] = z[:, elim] - X(z) / X.gradient(z)[:, elim]
+            z[:, E] = z[:, E] - torch.linalg.solve(X.gradient(z)[:, :, E], X(z)[..., None])[..., 0]
         return z
 
     return z_of
@@ -134,53 +162,63 @@ def _fd_ddbar(F, m, h=1e-4):
 
 def test_pullback_is_tangent(quintic):
     P = sample(quintic, 500, seed=2)
-    assert float((P.pullback @ quintic.gradient(P.z)[..., None]).abs().max()) < 1e-12
+    assert float((P.pullback @ quintic.gradient(P.z).transpose(1, 2)).abs().max()) < 1e-12
+    for X in (SURFACES["two_cubics"](), SURFACES["bicubic"]()):  # J dp^T = 0 for every equation
+        P = sample(X, 500, seed=2)
+        assert float((P.pullback @ X.gradient(P.z).transpose(1, 2)).abs().max()) < 1e-11
 
 
 def test_ambient_fs_metric_is_ddbar_of_kaehler_potential():
     z = torch.randn(20, 5, dtype=torch.complex128)
     K = lambda x: torch.log((torch.complex(x[:, :5], x[:, 5:]).abs() ** 2).sum(-1)) / math.pi
     H = curvature.per_point_hessian(K, torch.cat([z.real, z.imag], -1))
-    assert torch.allclose(curvature.ddbar_from_real_hessian(H), charts.fs_metric(z), atol=1e-13)
+    assert torch.allclose(curvature.ddbar_from_real_hessian(H), charts.fs_metric(fermat(4), z), atol=1e-13)
+    # in P2 x P2 with moduli t: sum_i (t_i / pi) log |z_i|^2
+    X = manifold("bicubic", kahler=(0.7, 2.5))
+    z = torch.randn(20, 6, dtype=torch.complex128)
+    K = lambda x: sum(t * torch.log((torch.complex(x[:, :6], x[:, 6:])[:, s].abs() ** 2).sum(-1))  # noqa: E731
+                      for t, s in zip(X.kahler, X.factor_slices)) / math.pi
+    H = curvature.per_point_hessian(K, torch.cat([z.real, z.imag], -1))
+    assert torch.allclose(curvature.ddbar_from_real_hessian(H), charts.fs_metric(X, z), atol=1e-13)
 
 
-@pytest.mark.parametrize("name", ["quintic", "quartic", "random"])
+@pytest.mark.parametrize("name", ["quintic", "quartic", "random", "bicubic", "two_cubics", "tetraquadric"])
 def test_pulled_back_fs_metric_matches_finite_differences_along_x(name):
     X = SURFACES[name]()
     P = sample(X, 4, seed=5)
     for i in range(len(P)):
         z_of = _local_chart_map(X, P.z[i], P.patch[i], P.elim[i])
-        K = lambda x: torch.log((z_of(x).abs() ** 2).sum(-1)) / math.pi
+        K = lambda x: sum(t * torch.log((z_of(x)[:, s].abs() ** 2).sum(-1))  # noqa: E731
+                          for t, s in zip(X.kahler, X.factor_slices)) / math.pi
         g_fd = _fd_ddbar(K, X.dim)
         assert torch.allclose(P.g_fs[i], g_fd, rtol=1e-5, atol=1e-7)
 
 
 def _other_chart(X, z):
-    """For each point, the valid chart (patch, elim) that is second best by |z_patch|."""
-    patch = z.abs().topk(2, -1).indices[:, 1]
-    z = charts.to_patch(z, patch)
+    """For each point, the valid chart (patch, elim) that is second best by |z_patch| in every factor."""
+    patch = charts.choose_patch(X, z, rank=1)
+    z = charts.to_patch(X, z, patch)
     dp = X.gradient(z)
-    return z, dp, patch, charts.eliminated_coordinate(dp, patch)
+    return z, dp, patch, charts.choose_elim(X, dp, patch)
 
 
-def test_weights_eta_and_metric_transform_between_charts(quintic):
-    P = sample(quintic, 300, seed=7)
-    z2, dp2, patch2, elim2 = _other_chart(quintic, P.z)
-    J2 = charts.pullback(dp2, patch2, elim2)
-    g2 = charts.pull_back(J2, charts.fs_metric(z2))
-    om2 = charts.omega_sq(dp2, elim2)
-    w2 = volume.mc_weights(om2, volume.real_det(g2), quintic.degree)
-    assert torch.allclose(w2, P.weights, rtol=1e-9)
-    det1, det2 = volume.real_det(P.g_fs), volume.real_det(g2)
-    assert torch.allclose(volume.eta(det2, om2, 1.0), volume.eta(det1, P.omega_sq, 1.0), rtol=1e-9)
+@pytest.mark.parametrize("name", ["quintic", "bicubic", "two_cubics", "tetraquadric"])
+def test_weights_eta_and_metric_transform_between_charts(name):
+    X = SURFACES[name]()
+    P = sample(X, 300, seed=7)
+    z2, dp2, patch2, elim2 = _other_chart(X, P.z)
+    assert bool((patch2 != P.patch).all())
+    Q = points_in_chart(X, z2, dp2, patch2, elim2)  # weights, |Omega|^2, g_FS computed in the other chart
+    assert torch.allclose(Q.weights, P.weights, rtol=1e-8)
+    det1, det2 = volume.real_det(P.g_fs), volume.real_det(Q.g_fs)
+    assert torch.allclose(volume.eta(det2, Q.omega_sq, 1.0), volume.eta(det1, P.omega_sq, 1.0), rtol=1e-8)
     # a (1,1)-tensor moves with T = dx^old/dx^new
-    loc1 = charts.local_indices(P.patch, P.elim, 5)
-    T = charts.chart_jacobian(z2, J2, P.patch, loc1)
-    assert torch.allclose(T @ P.g_fs @ T.conj().transpose(-1, -2), g2, rtol=1e-9, atol=1e-12)
+    T = charts.chart_jacobian(X, z2, Q.pullback, P.patch, P.elim)
+    assert torch.allclose(T @ P.g_fs @ T.conj().transpose(-1, -2), Q.g_fs, rtol=1e-8, atol=1e-11)
 
 
 # ---------------------------------------------------------------- curvature
-@pytest.mark.parametrize("name", ["quintic", "quartic"])
+@pytest.mark.parametrize("name", ["quintic", "quartic", "bicubic", "two_cubics"])
 def test_fs_ricci_form_matches_finite_differences(name):
     X = SURFACES[name]()
     P = sample(X, 3, seed=11)
@@ -192,8 +230,8 @@ def test_fs_ricci_form_matches_finite_differences(name):
         def logdet(x):
             z = z_of(x)
             n = len(z)
-            J = charts.pullback(X.gradient(z), P.patch[i].expand(n), P.elim[i].expand(n))
-            return volume.log_det(charts.pull_back(J, charts.fs_metric(z)))
+            J = charts.pullback(X, X.gradient(z), P.patch[i].expand(n), P.elim[i].expand(n))
+            return volume.log_det(charts.pull_back(J, charts.fs_metric(X, z)))
 
         assert torch.allclose(ric[i], -_fd_ddbar(logdet, X.dim), rtol=1e-4, atol=1e-5)
 
@@ -202,7 +240,7 @@ def test_flat_metric_on_the_cubic_curve_is_ricci_flat():
     """On a torus |Omega|^2 dz dzbar is the exact flat CY metric: its Ricci form vanishes."""
     X = manifold("fermat_cubic")
     P = sample(X, 500, seed=0)
-    flat = lambda z, patch, elim: charts.omega_sq(X.gradient(z), elim).to(torch.complex128)[:, None, None]
+    flat = lambda z, patch, elim: charts.omega_sq(X, X.gradient(z), elim).to(torch.complex128)[:, None, None]
     ric = curvature.ricci_form(flat, P.z, P.patch, P.elim, P.pullback)
     scale = curvature.ricci_form(curvature.fs_metric_fn(X), P.z, P.patch, P.elim, P.pullback).abs().max()
     assert float(ric.abs().max()) < 1e-10 * float(scale)

@@ -16,7 +16,7 @@ from mflow.data.clustered import ClusterBatchSampler, ClusteredDataModule, clust
 from mflow.data.clustering import check_labels
 from mflow.geometry import charts, volume
 from mflow.geometry.distance import nearest_neighbours
-from mflow.geometry.hypersurface import manifold
+from mflow.geometry.presets import manifold
 from mflow.geometry.points import sample
 from mflow.callbacks import NTKDrift
 from mflow.flows import FrozenKernelFlow, KernelFlow
@@ -64,9 +64,9 @@ def flow(train, kappa, labels=None, kernel="gaussian", kernel_params=None, **kw)
 
 def second_chart(surface, z):
     """For each point, the chart of its second-largest coordinate (another valid chart at the same point)."""
-    patch2 = z.abs().topk(2, -1).indices[:, 1]
-    z2 = charts.to_patch(z, patch2)
-    return patch2, charts.eliminated_coordinate(surface.gradient(z2), patch2)
+    patch2 = charts.choose_patch(surface, z, rank=1)
+    z2 = charts.to_patch(surface, z, patch2)
+    return patch2, charts.choose_elim(surface, surface.gradient(z2), patch2)
 
 
 def sigma_grad(points, g, kappa):
@@ -86,7 +86,7 @@ def dense_update(surface, points, G, K, mode):
         Gt = form_to_chart(T, G[b]).reshape(n, n, m, m)
         return torch.einsum("ab,abij->aij", K.to(Gt.dtype), Gt)
     if mode == "ambient":  # E_ab = F(x_a) F(x_b)^H
-        F = ambient_frame(points.z, points.pullback)
+        F = ambient_frame(surface, points.z, points.pullback)
         E = (F[a] @ dagger(F[b])).reshape(n, n, m, m)
         return torch.einsum("ab,abij,bjk,ablk->ail", K.to(E.dtype), E, G, E.conj())
     return torch.einsum("ab,bij->aij", K.to(G.dtype), G)  # literal: components added as they are
@@ -122,8 +122,9 @@ def test_one_step_is_eq_2_12_dense(quintic, split, mode, cache_mb, name, params)
 def test_reject_mode_keeps_one_chart_and_adds_components(quintic, pts):
     kappa = float(volume.kappa(pts.weights, volume.real_det(pts.g_fs), pts.omega_sq))
     f = flow(pts, kappa, chart_mode="reject", lr=1e-4)
-    ids, counts = torch.unique(pts.chart_id, return_counts=True)
-    kept = pts[pts.chart_id == ids[counts.argmax()]]
+    cid = charts.chart_id(quintic, pts.patch, pts.elim)
+    ids, counts = torch.unique(cid, return_counts=True)
+    kept = pts[cid == ids[counts.argmax()]]
     assert f.n_train == int(counts.max()) and torch.equal(f.train_z, kept.z)
     assert (f.row_of >= 0).sum() == f.n_train
     f.flow_step()
@@ -131,7 +132,7 @@ def test_reject_mode_keeps_one_chart_and_adds_components(quintic, pts):
     G = sigma_grad(kept, kept.g_fs, kappa)
     assert torch.allclose(f.metric, kept.g_fs - 1e-4 * dense_update(quintic, kept, G, K, "reject"), rtol=1e-10, atol=1e-13)
     # a point of another chart gets the reference-chart prediction transformed as a form
-    other = pts[pts.chart_id != ids[counts.argmax()]][:5]
+    other = pts[cid != ids[counts.argmax()]][:5]
     ref = f.ref_chart
     z_ref, J_ref = chart_frame(quintic, other.z, ref[0].expand(5), ref[1].expand(5))
     S_ref = (make_kernel("gaussian", **GAUSS).matrix(z_ref, kept.z).to(torch.complex128)[:, :, None, None] * f.coeff).sum(1)
@@ -147,13 +148,13 @@ def test_unclustered_blocked_apply_equals_dense_and_never_builds_the_matrix(quin
     f.flow_step(rows)
     K = make_kernel("gaussian", **GAUSS).block(train, train[rows])
     G = sigma_grad(train[rows], train.g_fs[rows], kappa)
-    F = ambient_frame(train.z, train.pullback)
+    F = ambient_frame(quintic, train.z, train.pullback)
     E = F[:, None] @ dagger(F[rows])[None]
     want = train.g_fs - 1e-4 * torch.einsum("ab,abij,bjk,ablk->ail", K.to(E.dtype), E, G, E.conj())
     assert torch.allclose(f.metric, want, rtol=1e-10, atol=1e-13)
     # prediction at new points: g_FS - sum_x' k C~, blocked, equals the dense sum
     Kt = make_kernel("gaussian", **GAUSS).block(test, train)
-    Ft = ambient_frame(test.z, test.pullback)
+    Ft = ambient_frame(quintic, test.z, test.pullback)
     Et = Ft[:, None] @ dagger(F)[None]
     pred = test.g_fs - torch.einsum("ab,abij,bjk,ablk->ail", Kt.to(Et.dtype), Et, f.coeff, Et.conj())
     assert torch.allclose(f.predict_metric(test), pred, rtol=1e-10, atol=1e-13)
@@ -169,7 +170,7 @@ def test_delta_kernel_predicts_the_nearest_train_points_update(quintic, split, m
     _, nn = nearest_neighbours(test.z, train.z)
     C = f.coeff[nn]
     if mode == "ambient":
-        E = ambient_frame(test.z, test.pullback) @ dagger(ambient_frame(train.z[nn], train.pullback[nn]))
+        E = ambient_frame(quintic, test.z, test.pullback) @ dagger(ambient_frame(quintic, train.z[nn], train.pullback[nn]))
         upd = E @ C @ dagger(E)
     else:
         T = chart_change(quintic, train.z[nn], train.patch[nn], train.elim[nn], test.patch, test.elim)
@@ -225,7 +226,7 @@ def test_gradient_moves_contragrediently_pairing_is_chart_invariant(quintic, pts
     patch2, elim2 = second_chart(quintic, pts.z)
     T = chart_change(quintic, pts.z, pts.patch, pts.elim, patch2, elim2)
     z2, J2 = chart_frame(quintic, pts.z, patch2, elim2)
-    assert torch.allclose(form_to_chart(T, pts.g_fs), charts.pull_back(J2, charts.fs_metric(z2)), atol=1e-13)
+    assert torch.allclose(form_to_chart(T, pts.g_fs), charts.pull_back(J2, charts.fs_metric(quintic, z2)), atol=1e-13)
     gen = torch.Generator().manual_seed(0)
     G = hermitian_part(torch.randn(len(pts), 3, 3, dtype=torch.complex128, generator=gen))
     dg = hermitian_part(torch.randn(len(pts), 3, 3, dtype=torch.complex128, generator=gen))
@@ -246,7 +247,7 @@ def test_ambient_mode_is_chart_free(quintic, split):
     patch2, elim2 = second_chart(quintic, test.z)
     T = chart_change(quintic, test.z, test.patch, test.elim, patch2, elim2)
     z2, J2 = chart_frame(quintic, test.z, patch2, elim2)
-    F1, F2 = ambient_frame(test.z, test.pullback), ambient_frame(z2, J2)
+    F1, F2 = ambient_frame(quintic, test.z, test.pullback), ambient_frame(quintic, z2, J2)
     assert torch.allclose(F1 @ dagger(F1), test.g_fs, atol=1e-14)
     phase = (F2 * (T @ F1).conj()).sum((-1, -2)) / ((T @ F1).abs() ** 2).sum((-1, -2))
     assert torch.allclose(phase.abs(), torch.ones(len(test), dtype=torch.float64))
@@ -484,24 +485,24 @@ class AmbientFormModel(torch.nn.Module):
     def __init__(self, surface, kernel: FeatureKernel):
         super().__init__()
         self.surface, self.kernel = surface, kernel
-        n1 = surface.n + 1
+        n1 = surface.n_coords
         self.theta = torch.nn.Parameter(torch.zeros(n1 * n1, len(kernel.b), dtype=torch.float64))
         off = n1 * (n1 - 1) // 2
         scale = torch.cat([torch.ones(n1, dtype=torch.float64), torch.full((2 * off,), 2**-0.5, dtype=torch.float64)])
         self.register_buffer("scale", scale)
 
     def forward(self, z, patch, elim):
-        J = charts.pullback(self.surface.gradient(z), patch, elim)
+        J = charts.pullback(self.surface, self.surface.gradient(z), patch, elim)
         A = hermitian((self.kernel.phi(z) @ self.theta.T) * self.scale, z.shape[-1])
-        F = ambient_frame(z, J)
-        return charts.pull_back(J, charts.fs_metric(z)) + F @ A @ dagger(F)
+        F = ambient_frame(self.surface, z, J)
+        return charts.pull_back(J, charts.fs_metric(self.surface, z)) + F @ A @ dagger(F)
 
 
 def test_the_ambient_step_is_the_metric_ntk_flow_of_an_ambient_form_model(quintic, split):
     """eq. 2.12 with the model's own empirical metric-NTK (mflow.ntk.metric_ntk, Jacobian method), in the real
     components of g, equals one ambient-mode step of the frozen flow with the scalar kernel k."""
     train, _, kappa = split
-    k = FeatureKernel(quintic.n + 1)
+    k = FeatureKernel(quintic.n_coords)
     model = AmbientFormModel(quintic, k)
     Theta = metric_ntk(model, train, kind="full", method="jacobian")  # [N, N, 9, 9]
     r = real_components(train.g_fs).clone().requires_grad_(True)  # dL/dr at g = g_FS

@@ -8,6 +8,7 @@ from torch import nn
 from torch.func import functional_call
 
 from mflow import ntk
+from mflow.geometry import charts
 from mflow.geometry.points import features, sample
 from mflow.ntk.linearized import LinearizedModel
 from mflow.models.metric import HEADS, POTENTIAL_HEADS, MetricModel, hermitian
@@ -41,8 +42,9 @@ def pts(quintic):
 def by_chart(quintic):
     """300 points and the indices of those in the three most populated charts (few charts: few vmap calls)."""
     p = sample(quintic, 300, seed=6)
-    ids, counts = p.chart_id.unique(return_counts=True)
-    return p, [(p.chart_id == c).nonzero()[:, 0] for c in ids[counts.argsort(descending=True)[:3]]]
+    cid = charts.chart_id(quintic, p.patch, p.elim)
+    ids, counts = cid.unique(return_counts=True)
+    return p, [(cid == c).nonzero()[:, 0] for c in ids[counts.argsort(descending=True)[:3]]]
 
 
 @pytest.fixture(scope="module")

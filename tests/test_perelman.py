@@ -15,7 +15,7 @@ def test_fs_conformal_factor_is_the_pulled_back_fs_metric_of_p1():
     s = torch.linspace(-3, 3, 13, dtype=torch.float64)
     w = torch.exp(s + 0.7j)
     z = torch.stack([torch.ones_like(w), w], -1)
-    g = charts.fs_metric(z)[:, 1, 1].real  # g_{w wbar}: the pullback along dz/dw = (0, 1)
+    g = charts.fs_metric(None, z)[:, 1, 1].real  # g_{w wbar}: the pullback along dz/dw = (0, 1)
     assert torch.allclose(P.fs_rho(s), 2 * g * w.abs() ** 2, rtol=1e-13)  # ds^2 = 2 g_{w wbar} |dw|^2
     s, ds = P.grid(12.0, 4001)
     assert float(P.area(P.fs_rho(s), ds)) == pytest.approx(2.0, rel=1e-8)

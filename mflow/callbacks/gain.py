@@ -7,7 +7,8 @@ import math
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
 
-SPLITS = ("train", "val", "test")
+from mflow.data.datamodule import SPLITS
+
 
 
 class SigmaGain(L.Callback):
@@ -27,17 +28,18 @@ class SigmaGain(L.Callback):
         self.limits = {"train": n_train, "val": n_val, "test": n_test}
         self.initial: dict[str, float] = {}  # sigma at initialisation on the subsets
 
-    def _subset(self, points, split):
+    def _subset(self, batch, split):
         n = self.limits[split]
-        return points if n is None or n >= len(points) else points[:n]
+        return batch if n is None or n >= _size(batch) else {k: v[:n] for k, v in batch.items()}
 
     def _splits(self, trainer) -> dict:
+        """Each split as one batch dict (a moduli family's carries each point's t and kappa)."""
         dm = trainer.datamodule
-        return {s: getattr(dm, s, None) for s in SPLITS}
+        return {s: dm.batch_of(s) if getattr(dm, s, None) is not None else None for s in SPLITS}
 
     def on_fit_start(self, trainer, pl_module) -> None:
         for s, pts in self._splits(trainer).items():
-            if pts is None or len(pts) == 0 or s in self.initial or self._subset(pts, s) is pts:
+            if pts is None or _size(pts) == 0 or s in self.initial or self._subset(pts, s) is pts:
                 continue
             if trainer.global_step > 0:
                 rank_zero_warn(f"SigmaGain: no initial sigma for the {s} subset in the checkpoint: its gain is not logged")
@@ -49,7 +51,7 @@ class SigmaGain(L.Callback):
             return
         metrics = {}
         for i, (s, pts) in enumerate(self._splits(trainer).items()):
-            if pts is None or len(pts) == 0:
+            if pts is None or _size(pts) == 0:
                 continue
             sub = self._subset(pts, s)
             init = self.initial.get(s) if sub is not pts else float(pl_module.initial_sigma[i])
@@ -65,3 +67,7 @@ class SigmaGain(L.Callback):
 
     def load_state_dict(self, state: dict) -> None:
         self.initial = dict(state.get("initial", {}))
+
+
+def _size(batch: dict) -> int:
+    return len(batch["z"])

@@ -45,7 +45,7 @@ class RunSummary(L.Callback):
         if not trainer.is_global_zero:
             return
         dm = trainer.datamodule
-        splits = {"train": dm.train, "val": dm.val, "test": dm.test}
+        splits = {s: dm.batch_of(s) for s in ("train", "val", "test")}  # a moduli family's carry t and kappa(t)
         measured = {k: module.measure(p) for k, p in splits.items()}
         final = {k: m["sigma"] for k, m in measured.items()}
         initial = dict(zip(splits, module.initial_sigma.tolist()))
@@ -55,7 +55,7 @@ class RunSummary(L.Callback):
             "model": {"class": f"{type(module).__module__}.{type(module).__name__}", **dict(module.hparams)},
             "optimizer": ran_optimizer(trainer) if module.kind == "network" else None,  # a kernel flow's step is its lr
             "loggers": [type(lg).__name__ for lg in trainer.loggers],
-            "points": {k: len(p) for k, p in splits.items()},
+            "points": {k: len(p["z"]) for k, p in splits.items()},
             "kappa": float(module.kappa),
             "sigma_initial": initial,
             "sigma_final": final,

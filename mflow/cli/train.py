@@ -35,7 +35,7 @@ from mflow.io import atomic_write, remove_stale_temporaries
 from .loggers import WANDB_MODES, describe, make_logger, quiet_dependencies
 from .resume import parse_options, resume_arguments
 
-LINKED = ("manifold", "psi", "ambient_n", "surface_seed")
+LINKED = ("manifold", "psi", "ambient_n", "surface_seed", "kahler")
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "conf" / "default.yaml"
 
 

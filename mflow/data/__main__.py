@@ -8,9 +8,10 @@ import time
 
 import torch
 
-from mflow.geometry.hypersurface import PRESETS, surface_from_args
+from mflow.geometry.presets import PRESETS, surface_from_args
 from mflow.geometry.volume import kappa, real_det, sigma
 
+from .cymetric import write_basis
 from .population import POPULATIONS
 from .pointset import DEFAULT_CHUNK, PointSetError, load_pointset, sample_pointset, save_pointset
 
@@ -22,9 +23,10 @@ def _fs_summary(points) -> tuple[float, float]:
 
 
 def cmd_sample(a: argparse.Namespace) -> int:
-    surface = surface_from_args(a.manifold, a.psi, a.ambient_n, a.surface_seed)
+    surface = surface_from_args(a.manifold, a.psi, a.ambient_n, a.surface_seed, a.kahler)
     t0 = time.perf_counter()
-    print(f"sampling {a.n} points on {surface.name} (P^{surface.n}, fingerprint {surface.fingerprint()}), seed {a.seed}",
+    print(f"sampling {a.n} points on {surface.name} ({surface.ambient}, t = {surface.kahler}, fingerprint "
+          f"{surface.fingerprint()}), seed {a.seed}",
           flush=True)
     points = sample_pointset(surface, a.n, a.seed, chunk_size=a.chunk_size, progress=a.n > a.chunk_size,
                              population=a.population)
@@ -34,6 +36,8 @@ def cmd_sample(a: argparse.Namespace) -> int:
     k, s = _fs_summary(points)
     print(f"wrote {path}: {len(points)} points, kappa(FS) = {k:.6g}, sigma(FS) = {s:.4f}, "
           f"sampled in {t_sample:.2f} s, total {time.perf_counter() - t0:.2f} s")
+    if a.basis:
+        print(f"wrote {write_basis(path.parent / 'basis.pickle', surface, k)} (cymetric's manifold description)")
     return 0
 
 
@@ -46,7 +50,7 @@ def cmd_info(a: argparse.Namespace) -> int:
         return 1
     meta = dict(ps.metadata)
     if not a.full:
-        meta["manifold"] = {k: v for k, v in meta["manifold"].items() if k in ("name", "params")}
+        meta["manifold"] = {k: v for k, v in meta["manifold"].items() if k in ("name", "params", "dims", "kahler")}
     print(json.dumps(meta, indent=2, sort_keys=True))
     k, s = _fs_summary(ps.points)
     res = float(ps.surface.residual(ps.points.z).max())
@@ -55,22 +59,35 @@ def cmd_info(a: argparse.Namespace) -> int:
     return 0
 
 
+def _moduli(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--kahler takes comma-separated numbers such as 1,2; got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m mflow.data", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("sample", help="sample points on a CY hypersurface and write a point-set file",
-                       description="Shiffman-Zelditch points with weights and |Omega|^2, written atomically to an .npz "
+    s = sub.add_parser("sample", help="sample points on a CY manifold and write a point-set file",
+                       description="Points from random linear subspaces (Shiffman-Zelditch for one P^n) with weights "
+                                   "and |Omega|^2, written atomically to an .npz "
                                    "that also holds cymetric's X_train/y_train/X_val/y_val keys.")
     s.add_argument("--manifold", default="fermat_quintic", choices=sorted(PRESETS), help="preset (default fermat_quintic)")
     s.add_argument("--n", type=int, required=True, help="number of points")
     s.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     s.add_argument("--out", required=True, help="output .npz path (written atomically)")
-    s.add_argument("--psi", type=float, default=0.0, help="Dwork parameter psi (manifold dwork; default 0)")
+    s.add_argument("--psi", type=float, default=0.0, help="deformation psi (manifolds dwork, two_cubics; default 0)")
     s.add_argument("--ambient-n", type=int, default=4, help="P^n of manifold random (default 4)")
-    s.add_argument("--surface-seed", type=int, default=0, help="coefficient seed of manifold random (default 0)")
+    s.add_argument("--surface-seed", type=int, default=0,
+                   help="coefficient seed of the generic presets random, bicubic, p1p3, tetraquadric (default 0)")
+    s.add_argument("--kahler", type=_moduli, default=None,
+                   help="Kaehler moduli t, one per factor, comma-separated, e.g. 1,2 (default: all 1)")
     s.add_argument("--population", default="all_charts", choices=POPULATIONS,
                    help="all_charts (default) or one_chart: the points of the most common chart only (the paper's sec. 3.1)")
     s.add_argument("--val-fraction", type=float, default=0.1, help="cymetric X_val/y_val fraction (default 0.1)")
+    s.add_argument("--basis", action="store_true",
+                   help="also write cymetric's basis.pickle beside the output (with the file, a cymetric dataset)")
     s.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK,
                    help=f"points sampled per chunk (memory bound; part of the seed's meaning; default {DEFAULT_CHUNK})")
     s.set_defaults(func=cmd_sample)

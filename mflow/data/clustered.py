@@ -37,6 +37,7 @@ class ClusteredDataModule(CYDataModule):
         psi: float = 0.0,
         ambient_n: int = 4,
         surface_seed: int = 0,
+        kahler: list[float] | None = None,
         n_points: int = 100_000,
         population: str = "all_charts",
         seed: int = 0,
@@ -54,7 +55,7 @@ class ClusteredDataModule(CYDataModule):
         cluster_seed: int | None = None,
     ):
         super().__init__(
-            manifold=manifold, psi=psi, ambient_n=ambient_n, surface_seed=surface_seed, n_points=n_points,
+            manifold=manifold, psi=psi, ambient_n=ambient_n, surface_seed=surface_seed, kahler=kahler, n_points=n_points,
             population=population, seed=seed,
             val_fraction=val_fraction, test_fraction=test_fraction, batch_size=batch_size, path=path,
             cache=cache, cache_dir=cache_dir, num_workers=num_workers,
@@ -86,7 +87,8 @@ def cluster_points(points, surface, n_clusters: int, cluster_batch_size: int, se
     check_points(points, surface, "train points")
     if n_clusters > len(points):
         raise ValueError(f"n_clusters = {n_clusters} exceeds the {len(points)} train points: use fewer clusters")
-    labels = batched_clustering(points.z, n_clusters, min(cluster_batch_size, len(points)), seed, merge, linkage)
+    labels = batched_clustering(points.z, n_clusters, min(cluster_batch_size, len(points)), seed, merge, linkage,
+                                X=surface)
     return check_labels(labels, len(points), n_clusters)
 
 

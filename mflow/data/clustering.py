@@ -17,6 +17,8 @@ Step 3 has three variants (``merge``):
 ``linkage="average"`` replaces the max in D by the mean over the pairs (not in the paper; on uniform
 quintic points it agrees somewhat better with full clustering, see bench/bench_clustering.py).
 Memory: O(M^2) per batch plus the labels.
+Products: every function takes X (the manifold, mflow.geometry.cicy.CompleteIntersection; None = one P^n) and
+then uses its distance sqrt(sum_i t_i d_i^2) on P^{n_1} x ... x P^{n_m} (mflow.geometry.distance) for d_FS.
 """
 from __future__ import annotations
 
@@ -34,10 +36,10 @@ MERGES = ("greedy", "nearest", "hungarian")
 LINKAGES = ("complete", "average")
 
 
-def cluster_batch(z, n_clusters: int) -> torch.Tensor:
-    """Average-linkage agglomerative clustering on FS distances: z [N, n+1] (or CYPoints) -> labels [N] int64.
+def cluster_batch(z, n_clusters: int, X=None) -> torch.Tensor:
+    """Average-linkage agglomerative clustering on FS distances: z [N, D] (or CYPoints) -> labels [N] int64.
 
-    Labels are in [0, n_clusters); 1 <= n_clusters <= N.
+    Labels are in [0, n_clusters); 1 <= n_clusters <= N. X: the manifold (products: its product distance).
     """
     z = as_z(z)
     integer("n_clusters", n_clusters)
@@ -49,7 +51,7 @@ def cluster_batch(z, n_clusters: int) -> torch.Tensor:
         return torch.arange(len(z))
     from sklearn.cluster import AgglomerativeClustering
 
-    d = fs_distance_matrix(z).numpy()
+    d = fs_distance_matrix(z, X=X).numpy()
     labels = AgglomerativeClustering(n_clusters=n_clusters, metric="precomputed", linkage="average").fit_predict(d)
     return torch.as_tensor(labels, dtype=torch.int64)
 
@@ -99,14 +101,14 @@ def check_settings(n_clusters: int, batch_size: int, merge: str, linkage: str, b
 
 
 def batched_clustering(
-    z, n_clusters: int, batch_size: int, seed: int = 0, merge: str = "greedy", linkage: str = "complete"
+    z, n_clusters: int, batch_size: int, seed: int = 0, merge: str = "greedy", linkage: str = "complete", X=None
 ) -> torch.Tensor:
-    """Batched FS clustering (sec. 3.1, eq. 3.3): z [N, n+1] (or CYPoints) -> labels [N] int64 in [0, n_clusters).
+    """Batched FS clustering (sec. 3.1, eq. 3.3): z [N, D] (or CYPoints) -> labels [N] int64 in [0, n_clusters).
 
     Batches are consecutive runs of ``batch_size`` points of a seeded shuffle (the last may be
     shorter; it is clustered into min(n_clusters, its size) clusters). ``merge`` and ``linkage``
     (the cross-batch cluster distance, 'complete' = eq. 3.3): see the module doc.
-    With batch_size >= N this is ``cluster_batch`` on all points.
+    With batch_size >= N this is ``cluster_batch`` on all points. X: the manifold (products: its product distance).
     """
     z = as_z(z)
     check_settings(n_clusters, batch_size, merge, linkage)
@@ -117,12 +119,12 @@ def batched_clustering(
     batches = torch.split(perm, batch_size)
     labels = torch.empty(len(z), dtype=torch.int64)
     first = batches[0]
-    l1 = cluster_batch(z[first], n_clusters)
+    l1 = cluster_batch(z[first], n_clusters, X)
     labels[first] = l1
     for idx in batches[1:]:
         k = min(n_clusters, len(idx))
-        lb = cluster_batch(z[idx], k)
-        cost = _linkage(fs_distance_matrix(z[first], z[idx]), l1, n_clusters, lb, k, linkage)
+        lb = cluster_batch(z[idx], k, X)
+        cost = _linkage(fs_distance_matrix(z[first], z[idx], X=X), l1, n_clusters, lb, k, linkage)
         labels[idx] = _assign(cost, merge)[lb]
     return labels
 
@@ -138,19 +140,22 @@ def agreement(labels_a, labels_b) -> float:
 
 
 def cluster_figure(
-    z, path, n_clusters: int = 10, n_batches: int = 5, seed: int = 0, merge: str = "greedy", linkage: str = "complete"
+    z, path, n_clusters: int = 10, n_batches: int = 5, seed: int = 0, merge: str = "greedy", linkage: str = "complete",
+    X=None,
 ) -> dict:
-    """Paper Figure 2 as a PNG: FS distance matrix of z [N, n+1] unordered / ordered by batched
+    """Paper Figure 2 as a PNG: FS distance matrix of z [N, D] unordered / ordered by batched
     clustering (n_batches batches) / ordered by full clustering. Written atomically (temp + os.replace).
+    X: the manifold (products: its product distance, colour scale up to its largest value).
 
     Returns {"path", "ari", "labels_batched", "labels_full"} (ari: batched vs full).
     """
     z = as_z(z)
     integer("n_batches", n_batches)
     path = Path(path)
-    batched = batched_clustering(z, n_clusters, math.ceil(len(z) / n_batches), seed, merge, linkage)
-    full = cluster_batch(z, n_clusters)
-    d = fs_distance_matrix(z)
+    batched = batched_clustering(z, n_clusters, math.ceil(len(z) / n_batches), seed, merge, linkage, X)
+    full = cluster_batch(z, n_clusters, X)
+    d = fs_distance_matrix(z, X=X)
+    vmax = math.pi / 2 * math.sqrt(sum(X.kahler)) if X is not None else math.pi / 2  # the diameter
     panels = [
         ("no clustering", torch.arange(len(z))),
         (f"batched clustering ({n_batches} batches)", torch.argsort(batched, stable=True)),
@@ -159,7 +164,7 @@ def cluster_figure(
     fig = pyplot().figure(figsize=(15, 4.6), layout="constrained")
     axes = fig.subplots(1, 3)
     for ax, (title, order) in zip(axes, panels):
-        im = ax.imshow(d[order][:, order].numpy(), cmap="viridis", vmin=0.0, vmax=math.pi / 2, interpolation="nearest")
+        im = ax.imshow(d[order][:, order].numpy(), cmap="viridis", vmin=0.0, vmax=vmax, interpolation="nearest")
         ax.set_title(title)
         ax.set_xlabel("point")
     axes[0].set_ylabel("point")

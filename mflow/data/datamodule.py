@@ -19,9 +19,11 @@ import lightning as L
 import torch
 from torch.utils.data import Dataset
 
-from mflow.geometry.hypersurface import Hypersurface, NotCalabiYauError, PRESETS, surface_from_args
+from mflow.geometry.cicy import CompleteIntersection, NotCalabiYauError
+from mflow.geometry.presets import PRESETS, surface_from_args
 from mflow.geometry.points import CYPoints
-from mflow.geometry.volume import kappa, real_det
+from mflow.geometry.charts import factor_metrics
+from mflow.geometry.volume import kappa, kappa_of_moduli, moduli_polynomial, real_det
 
 from .population import check_population
 from .samplers import ResumableLoader, ShardedBatchSampler
@@ -36,22 +38,25 @@ from .pointset import (
 )
 
 MIN_POINTS = 10
+SPLITS = ("train", "val", "test")
 
 
 class PointsDataset(Dataset):
     """A split as a map-style dataset whose items are whole batches: ``ds[indices] -> dict of [B, ...]``
     (CYPoints.as_batch, plus the network features and the rows ``index`` in the split)."""
 
-    def __init__(self, points: CYPoints):
+    def __init__(self, points: CYPoints, extra: dict[str, torch.Tensor] | None = None):
         self.points = points
         self.features = points.features
+        self.extra = extra or {}  # per-point tensors of a moduli family: kahler [N, m], kappa [N]
 
     def __len__(self) -> int:
         return len(self.points)
 
     def __getitem__(self, indices) -> dict[str, torch.Tensor]:
         idx = torch.as_tensor(indices, dtype=torch.int64)
-        return {**self.points[idx].as_batch(), "features": self.features[idx], "index": idx}
+        return {**self.points[idx].as_batch(), "features": self.features[idx], "index": idx,
+                **{k: v[idx] for k, v in self.extra.items()}}
 
 
 class CYDataModule(L.LightningDataModule):
@@ -61,7 +66,11 @@ class CYDataModule(L.LightningDataModule):
         manifold: preset name: fermat_quintic, fermat_quartic, fermat_cubic, dwork or random.
         psi: Dwork parameter (manifold="dwork"): sum z_i^5 - 5 psi prod z_i.
         ambient_n: ambient P^n of manifold="random" (degree n+1 with all monomials).
-        surface_seed: coefficient seed of manifold="random".
+        surface_seed: coefficient seed of the generic presets (random, bicubic, p1p3, tetraquadric).
+        kahler: the Kaehler moduli t, one per factor of the ambient space (None: all 1).
+        kahler_range: a moduli family: [[lo_1, hi_1], ...] per factor; every point of every split gets its own t,
+            log-uniform in the box (seeded), its g_FS that of J = sum t_i J_i and its class's kappa(t); batches then
+            carry ``kahler`` [B, m] and ``kappa`` [B] (for a network with model.moduli_input: true). None: one t.
         n_points: number of points to sample (ignored when path is given).
         population: all_charts (default) | one_chart (the points of the most common chart only, the paper's
             rejection sampling; mflow.data.population). A file's points keep the population they were sampled with.
@@ -83,6 +92,8 @@ class CYDataModule(L.LightningDataModule):
         psi: float = 0.0,
         ambient_n: int = 4,
         surface_seed: int = 0,
+        kahler: list[float] | None = None,
+        kahler_range: list[list[float]] | None = None,
         n_points: int = 100_000,
         population: str = "all_charts",
         seed: int = 0,
@@ -99,9 +110,9 @@ class CYDataModule(L.LightningDataModule):
         if manifold not in PRESETS:
             raise ValueError(f"unknown manifold {manifold!r}: set manifold to one of {sorted(PRESETS)}")
         try:
-            self.surface: Hypersurface = surface_from_args(manifold, psi, ambient_n, surface_seed)
+            self.surface: CompleteIntersection = surface_from_args(manifold, psi, ambient_n, surface_seed, kahler)
         except NotCalabiYauError as e:
-            raise ValueError(f"manifold={manifold!r} with psi={psi}, ambient_n={ambient_n}: {e}") from e
+            raise ValueError(f"manifold={manifold!r} with psi={psi}, ambient_n={ambient_n}, kahler={kahler}: {e}") from e
         for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if not 0 <= f < 1:
                 raise ValueError(f"{name}={f} is out of range: choose a fraction in [0, 1)")
@@ -118,6 +129,7 @@ class CYDataModule(L.LightningDataModule):
             raise ValueError(f"batch_size={batch_size}: must be a positive integer")
         if num_workers < 0:
             raise ValueError(f"num_workers={num_workers}: must be >= 0")
+        self.kahler_range = _check_range(kahler_range, len(self.surface.dims))
         self.population = check_population(population)
         self.manifold, self.n_points, self.seed = manifold, n_points, seed
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
@@ -125,6 +137,7 @@ class CYDataModule(L.LightningDataModule):
         self.path, self.cache = path, cache
         self.cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir)
         self.train = self.val = self.test = None
+        self.family: dict[str, dict[str, torch.Tensor]] = {}
         self.kappa_fs: float | None = None
         self.split_indices: dict[str, torch.Tensor] = {}
 
@@ -164,7 +177,7 @@ class CYDataModule(L.LightningDataModule):
             try:
                 ps = load_pointset(self.path, self.surface)
             except PointSetError as e:
-                raise PointSetError(f"{e} (check manifold / psi / ambient_n / surface_seed match the file)") from e
+                raise PointSetError(f"{e} (check manifold / psi / ambient_n / surface_seed / kahler match the file)") from e
             stored = ps.metadata.get("population", "all_charts")
             if stored != self.population:
                 raise PointSetError(f"{self.path} holds {stored} points, but population={self.population}: set "
@@ -212,6 +225,28 @@ class CYDataModule(L.LightningDataModule):
         self.val = points[self.split_indices["val"]]
         self.test = points[self.split_indices["test"]]
         self.kappa_fs = float(kappa(self.train.weights, real_det(self.train.g_fs), self.train.omega_sq))
+        self.family = {}
+        if self.kahler_range is not None:
+            self._draw_moduli()
+
+    def _draw_moduli(self) -> None:
+        """A moduli family: per point t (log-uniform in kahler_range), g_FS at t and the class's kappa(t)."""
+        lo, hi = (torch.tensor(c, dtype=torch.float64).log() for c in zip(*self.kahler_range))
+        poly = None
+        for k, s in enumerate(SPLITS):
+            p = getattr(self, s)
+            gen = torch.Generator().manual_seed(self.seed * 1000 + 7 + k)
+            t = (lo + (hi - lo) * torch.rand(len(p), len(lo), generator=gen, dtype=torch.float64)).exp()
+            gs = factor_metrics(self.surface, p.z, p.pullback)  # [m, N, d, d]
+            if poly is None:  # the train split's (first) estimate of kappa(t) serves every split
+                poly = moduli_polynomial(gs, p.weights, p.omega_sq)
+            p.g_fs = torch.einsum("ni,inab->nab", t.to(gs.dtype), gs)
+            self.family[s] = {"kahler": t, "kappa": kappa_of_moduli(poly, t)}
+
+    def batch_of(self, split: str) -> dict[str, torch.Tensor]:
+        """A whole split as one batch dict (what the loaders give, all rows)."""
+        p = getattr(self, split)
+        return PointsDataset(p, self.family.get(split))[torch.arange(len(p))]
 
     # ------------------------------------------------------------------ loaders
     def _ranks(self) -> tuple[int, int]:
@@ -227,7 +262,8 @@ class CYDataModule(L.LightningDataModule):
         """The DataLoader of a split: whole batches sliced by ``sampler`` (an EpochBatchSampler)."""
         if points is None:
             raise RuntimeError("call setup() before asking for dataloaders")
-        return ResumableLoader(PointsDataset(points), sampler=sampler, batch_size=None, num_workers=self.num_workers,
+        extra = next((self.family.get(s) for s in SPLITS if getattr(self, s) is points), None)
+        return ResumableLoader(PointsDataset(points, extra), sampler=sampler, batch_size=None, num_workers=self.num_workers,
                                persistent_workers=self.num_workers > 0, batches_done=self._batches_done)
 
     def _sharded(self, points: CYPoints, shuffle: bool) -> ResumableLoader:
@@ -243,6 +279,19 @@ class CYDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> ResumableLoader:
         return self._sharded(self.test, shuffle=False)
+
+
+def _check_range(kahler_range, m: int):
+    """kahler_range as [[lo, hi]] * m with 0 < lo <= hi, or None."""
+    if kahler_range is None:
+        return None
+    try:
+        box = [(float(lo), float(hi)) for lo, hi in kahler_range]
+    except (TypeError, ValueError):
+        raise ValueError(f"kahler_range={kahler_range!r}: give one [lo, hi] pair per factor, e.g. [[1, 1], [0.5, 2]]") from None
+    if len(box) != m or not all(0 < lo <= hi for lo, hi in box):
+        raise ValueError(f"kahler_range={kahler_range!r}: need {m} pairs [lo, hi] with 0 < lo <= hi (one per factor)")
+    return box
 
 
 def default_cache_dir() -> Path:

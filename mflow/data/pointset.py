@@ -2,7 +2,7 @@
 
 A point-set file is an uncompressed ``.npz`` holding
 
-- ``z`` [N, n+1] complex128 (each point in its patch, z_patch = 1, as in CYPoints),
+- ``z`` [N, D] complex128 (each point in its charts' patch scaling, as in CYPoints),
   ``weights`` [N] and ``omega_sq`` [N] float64 (REFERENCE.md section 1);
 - cymetric's keys ``X_train, y_train, X_val, y_val`` (X = [Re z, Im z] float64,
   y = columns (weight, |Omega|^2), the last ``val_fraction`` of the rows as validation,
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mflow.geometry.hypersurface import CDTYPE, RDTYPE, Hypersurface
+from mflow.geometry.cicy import CDTYPE, RDTYPE, CompleteIntersection
 from mflow.geometry.points import CYPoints, cat_points, check_on_surface, cy_points, sample
 from mflow.io import atomic_write
 
@@ -48,7 +48,7 @@ class PointSet:
     """What ``load_pointset`` returns: the points, the manifold they lie on and the file's metadata."""
 
     points: CYPoints
-    surface: Hypersurface
+    surface: CompleteIntersection
     metadata: dict
 
 
@@ -59,7 +59,7 @@ def chunk_seed(seed: int, chunk: int) -> int:
 
 
 def sample_pointset(
-    surface: Hypersurface, n_points: int, seed: int, chunk_size: int = DEFAULT_CHUNK, progress: bool = False,
+    surface: CompleteIntersection, n_points: int, seed: int, chunk_size: int = DEFAULT_CHUNK, progress: bool = False,
     population: str = "all_charts",
 ) -> CYPoints:
     """n_points Shiffman-Zelditch points of a population (mflow.data.population) with their geometry.
@@ -123,7 +123,7 @@ def atomic_savez(path: str | os.PathLike, **arrays) -> Path:
 def save_pointset(
     path: str | os.PathLike,
     points: CYPoints,
-    surface: Hypersurface,
+    surface: CompleteIntersection,
     seed: int | None = None,
     val_fraction: float = 0.1,
     extra: dict | None = None,
@@ -148,7 +148,7 @@ def save_pointset(
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "manifold": surface.to_dict(),
         "fingerprint": surface.fingerprint(),
-        "n": surface.n,
+        "n_coords": surface.n_coords,
         "seed": seed,
         "n_points": len(points),
         "val_fraction": val_fraction,
@@ -213,7 +213,7 @@ def _verified(path: Path) -> tuple[dict[str, np.ndarray], dict]:
     return arrays, meta
 
 
-def _check_on_surface(z: torch.Tensor, surface: Hypersurface, tol: float, where: str) -> None:
+def _check_on_surface(z: torch.Tensor, surface: CompleteIntersection, tol: float, where: str) -> None:
     try:
         check_on_surface(z, surface, "points", tol)
     except ValueError as e:
@@ -236,7 +236,7 @@ def _check_proportional(ours: torch.Tensor, theirs: torch.Tensor, what: str, rto
 
 
 def load_pointset(
-    path: str | os.PathLike, surface: Hypersurface | None = None, tol: float = RESIDUAL_TOL, rtol: float = 1e-8
+    path: str | os.PathLike, surface: CompleteIntersection | None = None, tol: float = RESIDUAL_TOL, rtol: float = 1e-8
 ) -> PointSet:
     """Read and verify a point-set file; the points become a CYPoints via cy_points.
 
@@ -247,7 +247,7 @@ def load_pointset(
     path = Path(path)
     arrays, meta = _verified(path)
     try:
-        stored = Hypersurface.from_dict(meta["manifold"])
+        stored = CompleteIntersection.from_dict(meta["manifold"])
     except Exception as e:
         raise PointSetError(f"{path}: metadata holds no valid manifold ({type(e).__name__}: {e})") from e
     if stored.fingerprint() != meta.get("fingerprint"):
@@ -259,8 +259,8 @@ def load_pointset(
         )
     surface = stored if surface is None else surface
     z = torch.from_numpy(arrays["z"])
-    if z.ndim != 2 or z.shape[1] != surface.n + 1 or z.dtype != CDTYPE:
-        raise PointSetError(f"{path}: z has shape {tuple(z.shape)} / {z.dtype}, expected [N, {surface.n + 1}] complex128")
+    if z.ndim != 2 or z.shape[1] != surface.n_coords or z.dtype != CDTYPE:
+        raise PointSetError(f"{path}: z has shape {tuple(z.shape)} / {z.dtype}, expected [N, {surface.n_coords}] complex128")
     _check_on_surface(z, surface, tol, str(path))
     points = cy_points(surface, z, drop_ties=False)
     _check_same(torch.from_numpy(arrays["weights"]), points.weights, "weights", rtol, path)
@@ -287,22 +287,22 @@ def is_cymetric_file(path: str | os.PathLike) -> bool:
 
 
 def load_cymetric(
-    path: str | os.PathLike, surface: Hypersurface, tol: float = RESIDUAL_TOL, rtol: float = 1e-6
+    path: str | os.PathLike, surface: CompleteIntersection, tol: float = RESIDUAL_TOL, rtol: float = 1e-6
 ) -> CYPoints:
     """Points of a cymetric ``dataset.npz`` (X_train + X_val, in that order) as a CYPoints of ``surface``.
 
-    Rebuilds z = X[:, :n+1] + i X[:, n+1:], checks p(z) ~ 0 to relative tol, recomputes charts with
+    Rebuilds z = X[:, :D] + i X[:, D:], checks p(z) ~ 0 to relative tol, recomputes charts with
     cy_points and keeps the file's weights and |Omega|^2 after checking each equals ours times one
     constant (to rtol); raises PointSetError naming the problem otherwise.
     """
     path = Path(path)
     a = _read_npz(path, CYMETRIC_KEYS)
-    n1 = surface.n + 1
+    n1 = surface.n_coords
     X = np.concatenate([a["X_train"], a["X_val"]])
     y = np.concatenate([a["y_train"], a["y_val"]])
     if X.ndim != 2 or X.shape[1] != 2 * n1:
         raise PointSetError(
-            f"{path}: X has shape {X.shape}; {surface.name} lives in P^{surface.n}, which needs [N, {2 * n1}] "
+            f"{path}: X has shape {X.shape}; {surface.name} lives in {surface.ambient}, which needs [N, {2 * n1}] "
             "real features [Re z, Im z]"
         )
     if y.ndim != 2 or y.shape[0] != X.shape[0] or y.shape[1] < 2:

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from mflow.geometry.hypersurface import Hypersurface
+from mflow.geometry import charts
+from mflow.geometry.cicy import CompleteIntersection
 from mflow.geometry.points import CYPoints, cat_points, sample
 
 POPULATIONS = ("all_charts", "one_chart")
@@ -33,19 +34,18 @@ def check_population(population: str) -> str:
 _CHARTS: dict[str, tuple[int, int]] = {}
 
 
-def population_chart(surface: Hypersurface) -> tuple[int, int]:
+def population_chart(surface: CompleteIntersection) -> tuple[int, int]:
     """(patch, elim) of the most common chart of X (fixed pilot sample; ties: the lowest chart id)."""
     key = surface.fingerprint()
     if key not in _CHARTS:
         pilot = sample(surface, PILOT_POINTS, PILOT_SEED)
-        n1 = surface.n + 1
-        counts = torch.bincount(pilot.chart_id, minlength=n1 * n1)
+        counts = torch.bincount(charts.chart_id(surface, pilot.patch, pilot.elim), minlength=charts.n_chart_ids(surface))
         best = int(torch.argmax(counts))  # argmax returns the first maximum: the lowest id among ties
-        _CHARTS[key] = (best // n1, best % n1)
+        _CHARTS[key] = tuple(int(c) for c in charts.chart_of_id(surface, best))
     return _CHARTS[key]
 
 
-def in_population(points: CYPoints, surface: Hypersurface, population: str) -> torch.Tensor:
+def in_population(points: CYPoints, surface: CompleteIntersection, population: str) -> torch.Tensor:
     """Which points belong to the population: [N] bool."""
     if check_population(population) == "all_charts":
         return torch.ones(len(points), dtype=torch.bool)
@@ -59,7 +59,7 @@ def rejection_chunk(n_points: int, chunk_size: int) -> int:
     return min(chunk_size, max(20_000, 25 * n_points))
 
 
-def sample_population(surface: Hypersurface, n_points: int, seed: int, chunk_size: int, sample_chunk) -> CYPoints:
+def sample_population(surface: CompleteIntersection, n_points: int, seed: int, chunk_size: int, sample_chunk) -> CYPoints:
     """n_points of a one_chart population by rejection: chunks ``sample_chunk(k)`` (chunk_size points each, seeded
     by (seed, k)) are sampled and their points of the chart kept, in order, until there are n_points."""
     kept, have, k = [], 0, 0

@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 
 from mflow.flows.checkpoint import CheckpointError, read_checkpoint
-from mflow.geometry.hypersurface import Hypersurface, surface_from_args
+from mflow.geometry.cicy import CompleteIntersection
+from mflow.geometry.presets import surface_from_args
 from mflow.geometry.points import CYPoints, check_points
 
 KINDS = {"network": "mflow.flows.network.NetworkFlow", "kernel_flow": "mflow.flows.kernel_module.KernelFlow"}
@@ -28,7 +29,7 @@ class LoadedCheckpoint:
     path: Path
     kind: str
     module: torch.nn.Module
-    surface: Hypersurface
+    surface: CompleteIntersection
     hparams: dict
     data_hparams: dict | None
     epoch: int | None = None
@@ -70,7 +71,7 @@ def _import_class(path: str):
     return cls
 
 
-def load_checkpoint(path, expected_surface: Hypersurface | None = None) -> LoadedCheckpoint:
+def load_checkpoint(path, expected_surface: CompleteIntersection | None = None) -> LoadedCheckpoint:
     """Read and check an mflow checkpoint and restore its module (on the CPU, eval mode).
 
     Refused with EvaluationError: whatever mflow.flows.checkpoint.read_checkpoint refuses (missing, corrupt,
@@ -96,7 +97,7 @@ def load_checkpoint(path, expected_surface: Hypersurface | None = None) -> Loade
     kwargs = {k: v for k, v in hp.items() if not k.startswith("_")}
     try:
         surface = surface_from_args(kwargs.get("manifold", "fermat_quintic"), kwargs.get("psi", 0.0),
-                                    kwargs.get("ambient_n", 4), kwargs.get("surface_seed", 0))
+                                    kwargs.get("ambient_n", 4), kwargs.get("surface_seed", 0), kwargs.get("kahler"))
     except ValueError as e:
         raise EvaluationError(f"{path}: the manifold in its settings cannot be built: {e}") from None
     saved = meta.get("surface") or {}
@@ -115,7 +116,7 @@ def load_checkpoint(path, expected_surface: Hypersurface | None = None) -> Loade
     if data_hp is not None:
         try:
             ds = surface_from_args(data_hp.get("manifold", "fermat_quintic"), data_hp.get("psi", 0.0),
-                              data_hp.get("ambient_n", 4), data_hp.get("surface_seed", 0))
+                              data_hp.get("ambient_n", 4), data_hp.get("surface_seed", 0), data_hp.get("kahler"))
         except ValueError as e:
             raise EvaluationError(f"{path}: the data settings name a manifold that cannot be built: {e}") from None
         if ds.fingerprint() != surface.fingerprint():

@@ -42,10 +42,9 @@ from dataclasses import dataclass
 import torch
 
 from mflow.geometry import charts
-from mflow.geometry.distance import fs_distance, unit
-from mflow.geometry.hypersurface import CDTYPE, RDTYPE, Hypersurface
-from mflow.geometry.points import CYPoints, cy_points
-from mflow.geometry.volume import mc_weights, real_det
+from mflow.geometry.distance import fs_distance
+from mflow.geometry.cicy import CDTYPE, RDTYPE, CompleteIntersection
+from mflow.geometry.points import CYPoints, cy_points, points_in_chart
 
 RESIDUAL_TOL = 1e-10
 
@@ -54,7 +53,7 @@ RESIDUAL_TOL = 1e-10
 class NoisedPoints:
     """Noised test points: ``points`` (CYPoints at the noised z), ``origin`` [N] (row of the train point each
     came from), ``offset`` [N] (FS distance to that train point), ``residual`` [N] (relative |p|,
-    Hypersurface.residual), ``dropped`` (train points for which no point could be made, manifold mode)."""
+    CompleteIntersection.residual), ``dropped`` (train points for which no point could be made, manifold mode)."""
 
     points: CYPoints
     origin: torch.Tensor
@@ -64,27 +63,22 @@ class NoisedPoints:
 
 
 def off_manifold_points(
-    surface: Hypersurface, z: torch.Tensor, patch: torch.Tensor | None = None, elim: torch.Tensor | None = None
+    surface: CompleteIntersection, z: torch.Tensor, patch: torch.Tensor | None = None, elim: torch.Tensor | None = None
 ) -> CYPoints:
-    """CYPoints at arbitrary z [N, n+1] (on X or near it): charts, dp, |Omega|^2, J, g_FS, weights at z.
+    """CYPoints at arbitrary z [N, D] (on X or near it): charts, dp, |Omega|^2, J, g_FS, weights at z.
 
     patch / elim None: the preferred chart at z (charts.choose_chart); given: that chart (z rescaled to it).
     No point is dropped (ties for the patch are harmless here), so row i is always z_i.
     """
     if patch is None:
         return cy_points(surface, z, drop_ties=False)
-    z = charts.to_patch(z, patch)
+    z = charts.to_patch(surface, z, patch)
     dp = surface.gradient(z)
-    if elim is None:
-        elim = charts.eliminated_coordinate(dp, patch)
-    J = charts.pullback(dp, patch, elim)
-    g_fs = charts.pull_back(J, charts.fs_metric(z))
-    om = charts.omega_sq(dp, elim)
-    return CYPoints(z, patch, elim, J, om, g_fs, mc_weights(om, real_det(g_fs), surface.degree))
+    return points_in_chart(surface, z, dp, patch, charts.choose_elim(surface, dp, patch) if elim is None else elim)
 
 
 def gaussian_noised(
-    surface: Hypersurface,
+    surface: CompleteIntersection,
     train: CYPoints,
     variance: float,
     generator: torch.Generator,
@@ -97,7 +91,7 @@ def gaussian_noised(
     eps = torch.randn(*z.shape, 2, generator=generator, dtype=RDTYPE) * variance**0.5
     zn = z + torch.view_as_complex(eps)
     pts = off_manifold_points(surface, zn, train.patch, train.elim) if keep_chart else off_manifold_points(surface, zn)
-    return NoisedPoints(pts, torch.arange(len(z)), fs_distance(z, pts.z), surface.residual(pts.z))
+    return NoisedPoints(pts, torch.arange(len(z)), fs_distance(z, pts.z, surface), surface.residual(pts.z))
 
 
 # ----------------------------------------------------------------------------- on-manifold points
@@ -106,37 +100,63 @@ def _inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a.conj() * b).sum(-1, keepdim=True)
 
 
-def tangent_directions(surface: Hypersurface, u: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random unit horizontal tangent vectors of X at unit points u [N, n+1]: t with <u, t> = 0 and dp(u).t = 0.
+def unit_factors(surface: CompleteIntersection, z: torch.Tensor) -> torch.Tensor:
+    """Each factor's block of z scaled to unit norm: [N, D] -> [N, D] (z / |z| for one P^n)."""
+    f = surface.factor_of.to(z.device)
+    r2 = torch.zeros(len(z), len(surface.dims), dtype=RDTYPE, device=z.device).index_add(1, f, z.abs() ** 2)
+    return z / r2.sqrt()[:, f]
 
-    A complex Gaussian vector with its components along u and along conj(dp(u)) removed (Gram-Schmidt:
-    on X, <u, conj dp> = (n+1) conj p(u) = 0 by Euler's identity, so the two are orthogonal already).
+
+def tangent_directions(surface: CompleteIntersection, u: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random horizontal tangent vectors of X at points u [N, D] (unit in every factor): r with <u_i, r_i> = 0 in
+    every factor and dp_k(u).r = 0 for every k; [N, D].
+
+    A complex Gaussian vector with its components along the factors' u_i and along the normals conj(dp_k(u))
+    removed (Gram-Schmidt, twice for orthogonality to round-off).
     """
-    a = surface.gradient(u).conj()
-    a = a - u * _inner(u, a)
+    f = surface.factor_of.to(u.device)
+    basis = [u * (f == i) for i in range(len(surface.dims))]  # the vertical directions, orthonormal
+    for a in surface.gradient(u).conj().unbind(1):  # the normals, made orthonormal to all before them
+        for _ in range(2):
+            for b in basis:
+                a = a - b * _inner(b, a)
+        basis.append(a / _inner(a, a).real.sqrt())
     r = torch.view_as_complex(torch.randn(*u.shape, 2, generator=generator, dtype=RDTYPE))
-    for _ in range(2):  # twice, for orthogonality to round-off
-        r = r - u * _inner(u, r) - a * _inner(a, r) / _inner(a, a).real
-    return unit(r)
+    for _ in range(2):
+        for b in basis:
+            r = r - b * _inner(b, r)
+    return r
+
+
+def geodesic_step(surface: CompleteIntersection, u: torch.Tensor, r: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """The point at distance s [N] from u [N, D] along the product geodesic in the horizontal direction r [N, D]:
+    factor i moves along its FS great circle by s a_i, a_i = |r_i| / sqrt(sum_j t_j |r_j|^2), so that
+    sqrt(sum_i t_i (s a_i)^2) = s (for s a_i <= pi/2)."""
+    f = surface.factor_of.to(u.device)
+    norm = torch.zeros(len(u), len(surface.dims), dtype=RDTYPE, device=u.device).index_add(1, f, r.abs() ** 2).sqrt()
+    t = torch.tensor(surface.kahler, dtype=RDTYPE, device=u.device)
+    angle = (s[:, None] * norm / (t * norm**2).sum(-1, keepdim=True).sqrt())[:, f]  # [N, D]
+    return torch.cos(angle) * u + torch.sin(angle) * r / norm.clamp_min(1e-300)[:, f]
 
 
 def project_to_surface(
-    surface: Hypersurface, z: torch.Tensor, max_iter: int = 40, tol: float = 1e-14
+    surface: CompleteIntersection, z: torch.Tensor, max_iter: int = 40, tol: float = 1e-14
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Newton iterations along the normal, z <- z - p(z) conj(dp) / |dp|^2 at unit norm, batched.
+    """Newton iterations along the normals, z <- z - dp^H (dp dp^H)^-1 p(z) (the least-norm step; for one equation
+    p conj(dp) / |dp|^2), every factor kept at unit norm, batched.
 
-    Returns (unit points [N, n+1], converged [N] bool: relative residual <= RESIDUAL_TOL and finite).
+    Returns (points [N, D], converged [N] bool: relative residual <= RESIDUAL_TOL and finite).
     Points stop moving once their relative residual is below tol (round-off).
     """
-    z = unit(z.to(CDTYPE))
+    z = unit_factors(surface, z.to(CDTYPE))
     active = torch.ones(len(z), dtype=torch.bool)
     for _ in range(max_iter):
         if not active.any():
             break
         za = z[active]
-        dp = surface.gradient(za)
-        step = surface(za)[:, None] * dp.conj() / (dp.abs() ** 2).sum(-1, keepdim=True)
-        z[active] = unit(za - step)
+        A = surface.gradient(za)  # [n, K, D]
+        step = (A.conj().transpose(1, 2) @ torch.linalg.solve(A @ A.conj().transpose(1, 2), surface(za)[..., None]))[..., 0]
+        z[active] = unit_factors(surface, za - step)
         res = surface.residual(z[active])
         idx = active.nonzero().flatten()
         active[idx[(res <= tol) | ~torch.isfinite(res)]] = False
@@ -146,7 +166,7 @@ def project_to_surface(
 
 
 def manifold_noised(
-    surface: Hypersurface,
+    surface: CompleteIntersection,
     train: CYPoints,
     distance: float,
     generator: torch.Generator,
@@ -162,11 +182,12 @@ def manifold_noised(
     Row i of the result comes from train row origin[i]; train points for which no point could be made
     (projection not converging, or distance off by more than rtol after max_tries directions) are dropped.
     """
-    if not (0 < distance < torch.pi / 2):
-        raise ValueError(f"the requested FS distance must be in (0, pi/2), got {distance!r}")
+    diameter = torch.pi / 2 * sum(surface.kahler) ** 0.5  # of the product metric (pi/2 for one P^n)
+    if not (0 < distance < diameter):
+        raise ValueError(f"the requested distance must be in (0, {diameter:.4g}) (the diameter), got {distance!r}")
     if len(train) == 0:
         raise ValueError("no train points to move")
-    u0 = unit(train.z.to(CDTYPE))
+    u0 = unit_factors(surface, train.z.to(CDTYPE))
     n = len(u0)
     out = torch.zeros_like(u0)
     done = torch.zeros(n, dtype=torch.bool)
@@ -184,16 +205,15 @@ def manifold_noised(
             if not moving.any():
                 break
             m = moving.nonzero().flatten()
-            w = torch.cos(s[m])[:, None] * u[m] + torch.sin(s[m])[:, None] * t[m]
-            w, conv = project_to_surface(surface, w)
+            w, conv = project_to_surface(surface, geodesic_step(surface, u[m], t[m], s[m]))
             z[m] = w
-            d = fs_distance(u[m], w)
+            d = fs_distance(u[m], w, surface)
             ok[m] = conv
             ratio = distance / d.clamp_min(1e-300)
             fine = conv & ((ratio - 1).abs() <= fit_rtol)
             moving[m[fine | ~conv]] = False  # converged and on target, or hopeless with this direction
-            s[m] = (s[m] * ratio.clamp(0.5, 2.0)).clamp(max=torch.pi / 2 - 1e-6)
-        d = fs_distance(u, z)
+            s[m] = (s[m] * ratio.clamp(0.5, 2.0)).clamp(max=diameter - 1e-6)
+        d = fs_distance(u, z, surface)
         good = ok & ((d / distance - 1).abs() <= rtol)
         out[todo[good]] = z[good]
         done[todo[good]] = True
@@ -202,4 +222,5 @@ def manifold_noised(
         pts = off_manifold_points(surface, out[origin], train.patch[origin], train.elim[origin])
     else:
         pts = cy_points(surface, out[origin], drop_ties=False)
-    return NoisedPoints(pts, origin, fs_distance(train.z[origin], pts.z), surface.residual(pts.z), int(n - len(origin)))
+    return NoisedPoints(pts, origin, fs_distance(train.z[origin], pts.z, surface), surface.residual(pts.z),
+                        int(n - len(origin)))

@@ -31,7 +31,7 @@ import torch
 from mflow.data.pointset import PointSetError, is_cymetric_file, load_cymetric, load_pointset, sample_pointset
 from mflow.data.population import POPULATIONS
 from mflow.geometry.distance import NearestIndex
-from mflow.geometry.hypersurface import Hypersurface
+from mflow.geometry.cicy import CompleteIntersection
 from mflow.geometry.points import CYPoints
 from mflow.io import write_json, write_png
 
@@ -47,7 +47,7 @@ DEFAULT_DISTANCES = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3)
 DEFAULT_SEED = 7_654_321
 
 
-def load_test_points(path, surface: Hypersurface | None = None) -> tuple[CYPoints, Hypersurface]:
+def load_test_points(path, surface: CompleteIntersection | None = None) -> tuple[CYPoints, CompleteIntersection]:
     """Test points from an mflow point-set file (or a cymetric dataset.npz, given the surface)."""
     path = Path(path)
     if not path.exists():
@@ -107,7 +107,7 @@ def evaluate_checkpoint(
     train = train_points(ck)
     timings["train_points"] = time.perf_counter() - t0
     used = _place(ck, device, train)
-    index = NearestIndex(train.z)
+    index = NearestIndex(train.z, ck.surface)
     out = {
         "path": str(ck.path), "label": ck.label, "kind": ck.kind,
         "class": ck.class_path,
@@ -276,8 +276,8 @@ def evaluate(
         raise EvaluationError("--n-test and --n-noise must be >= 1")
     if any(not (v >= 0 and math.isfinite(v)) for v in variances):
         raise EvaluationError(f"noise variances must be finite and >= 0, got {list(variances)}")
-    if any(not (0 < d < math.pi / 2) for d in distances):
-        raise EvaluationError(f"on-manifold distances must be in (0, pi/2), got {list(distances)}")
+    if any(not (d > 0 and math.isfinite(d)) for d in distances):  # and below the diameter: mflow.evaluation.noise
+        raise EvaluationError(f"on-manifold distances must be > 0 (and below the manifold's diameter), got {list(distances)}")
     if any(not g > 0 for g in target_gains):
         raise EvaluationError(f"target gains must be > 0, got {list(target_gains)}")
     if population is not None and population not in POPULATIONS:

@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from mflow.geometry.distance import NearestIndex
-from mflow.geometry.hypersurface import Hypersurface
+from mflow.geometry.cicy import CompleteIntersection
 from mflow.data.pointset import sample_pointset
 
 from .measures import stats
@@ -27,7 +27,7 @@ def fit_power_law(n, y) -> tuple[float, float]:
 
 
 def distance_scaling(
-    surface: Hypersurface, ns=DEFAULT_SCALING_N, seed: int = 0, budget_s: float = 60.0, min_sizes: int = 3, log=print,
+    surface: CompleteIntersection, ns=DEFAULT_SCALING_N, seed: int = 0, budget_s: float = 60.0, min_sizes: int = 3, log=print,
     population: str = "all_charts",
 ) -> dict:
     """min / mean / max nearest-neighbour FS distance among N Shiffman-Zelditch points of a population
@@ -48,7 +48,7 @@ def distance_scaling(
                 break
         t = time.perf_counter()
         z = sample_pointset(surface, n, seed + i, population=population).z
-        d, _ = NearestIndex(z).self_query()
+        d, _ = NearestIndex(z, surface).self_query()
         row = {"n": n, **{k: v for k, v in stats(d).items() if k != "n"}, "seconds": time.perf_counter() - t}
         rows.append(row)
         log(f"[mflow] distance scaling: N={n}: mean nearest-neighbour distance {row['mean']:.4f} ({row['seconds']:.1f} s)")

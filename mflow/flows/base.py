@@ -14,15 +14,15 @@ import lightning as L
 import torch
 from torchmetrics.aggregation import SumMetric
 
+from mflow.data.datamodule import SPLITS
 from mflow.geometry import volume
 from mflow.geometry.forms import not_positive_definite
-from mflow.geometry.hypersurface import surface_from_args
+from mflow.geometry.presets import surface_from_args
 from mflow.geometry.points import CYPoints
 
 from .checkpoint import CHECKPOINT_FORMAT, CheckpointError, check_manifold, install_checkpoint_io, read_checkpoint
 from .measures import SigmaMeasure
 
-SPLITS = ("train", "val", "test")
 
 
 def datamodule_of(module: L.LightningModule):
@@ -36,15 +36,22 @@ def datamodule_of(module: L.LightningModule):
     return dm
 
 
+def family_det(g: torch.Tensor, batch: dict) -> torch.Tensor:
+    """det g, divided by each point's kappa(t) in a moduli family's batch (then sigma with its own kappa compares
+    every point with its own Kaehler class; for one class the division changes nothing)."""
+    det = volume.real_det(g)
+    return det / batch["kappa"].to(det) if "kappa" in batch else det
+
+
 class FlowModule(L.LightningModule):
     """Base class; subclasses set ``kind``, hold ``kappa`` (a float64 buffer, NaN until set) and implement
     ``predict_metric(points) -> g [N, m, m]``."""
 
     kind: str = "?"
 
-    def __init__(self, manifold: str, psi: float, ambient_n: int, surface_seed: int):
+    def __init__(self, manifold: str, psi: float, ambient_n: int, surface_seed: int, kahler=None):
         super().__init__()
-        self.surface = surface_from_args(manifold, psi, ambient_n, surface_seed)
+        self.surface = surface_from_args(manifold, psi, ambient_n, surface_seed, kahler)
         self.register_buffer("initial_sigma", torch.full((3,), float("nan"), dtype=torch.float64))
         self.sigma_metric = torch.nn.ModuleDict({s: SigmaMeasure() for s in ("val", "test")})
         self.not_pd_metric = torch.nn.ModuleDict({s: SumMetric() for s in ("val", "test")})
@@ -53,19 +60,22 @@ class FlowModule(L.LightningModule):
     def predict_metric(self, points: CYPoints | dict) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def measure(self, points: CYPoints) -> dict:
+    def measure(self, points: CYPoints | dict) -> dict:
         """{"sigma": sigma of the metric on the points (its own kappa, eq. B.11), "not_pd": points where g is
-        not positive definite (they enter sigma through their det g like any other)}."""
-        g = self.predict_metric(points).cpu()
-        return {"sigma": float(points.sigma(g)), "not_pd": int(not_positive_definite(g).sum())}
+        not positive definite (they enter sigma through their det g like any other)}. points: CYPoints or a batch
+        dict; a moduli family's batch (``kappa`` per point) measures each point against its own class."""
+        b = points.as_batch() if isinstance(points, CYPoints) else points
+        g = self.predict_metric(b).cpu()
+        return {"sigma": float(volume.sigma(b["weights"], family_det(g, b), b["omega_sq"])),
+                "not_pd": int(not_positive_definite(g).sum())}
 
-    def sigma_on(self, points: CYPoints) -> torch.Tensor:
+    def sigma_on(self, points: CYPoints | dict) -> torch.Tensor:
         """sigma measure of the current metric on a point set (its own kappa)."""
         return torch.tensor(self.measure(points)["sigma"], dtype=torch.float64)
 
     def initial_sigmas(self, dm) -> torch.Tensor:
         """sigma on the train / val / test splits before training: [3]."""
-        return torch.stack([self.sigma_on(getattr(dm, s)) for s in SPLITS])
+        return torch.stack([self.sigma_on(dm.batch_of(s)) for s in SPLITS])
 
     # ------------------------------------------------------------------ Lightning set-up
     def setup(self, stage: str) -> None:
@@ -82,7 +92,7 @@ class FlowModule(L.LightningModule):
     def evaluation_step(self, batch: dict, stage: str, g: torch.Tensor | None = None) -> torch.Tensor:
         """Accumulate sigma and the non-positive-definite count of a val / test batch; returns g."""
         g = self.predict_metric(batch).to(batch["omega_sq"].device) if g is None else g
-        self.sigma_metric[stage].update(volume.real_det(g), batch["omega_sq"], batch["weights"])
+        self.sigma_metric[stage].update(family_det(g, batch), batch["omega_sq"], batch["weights"])
         self.not_pd_metric[stage].update(not_positive_definite(g.detach()).sum().double())
         return g
 

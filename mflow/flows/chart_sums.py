@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import torch
 
+from mflow.geometry.charts import chart_id, chart_of_id
 from mflow.geometry.forms import (
     ambient_frame,
     chart_change,
@@ -41,24 +42,23 @@ from mflow.geometry.forms import (
 )
 
 
-def ambient_sum(kapply, tgt: dict, src: dict, V: torch.Tensor, K) -> torch.Tensor:
+def ambient_sum(kapply, surface, tgt: dict, src: dict, V: torch.Tensor, K) -> torch.Tensor:
     """F(x) [sum_x' k(x, x') F(x')^H V(x') F(x')] F(x)^H: the sum in the ambient frame (F F^H = g_FS)."""
-    H = hermitian_part(gradient_to_ambient(ambient_frame(src["z"], src["pullback"]), V))
+    H = hermitian_part(gradient_to_ambient(ambient_frame(surface, src["z"], src["pullback"]), V))
     S = kapply(tgt["z"], src["z"], H, K)
-    return hermitian_part(form_from_ambient(ambient_frame(tgt["z"], tgt["pullback"]), S))
+    return hermitian_part(form_from_ambient(ambient_frame(surface, tgt["z"], tgt["pullback"]), S))
 
 
 def transform_sum(kapply, surface, tgt: dict, src: dict, V: torch.Tensor, K) -> torch.Tensor:
     """Component-wise sum with every source's V moved to the receiving chart as a form, T V T^H."""
-    n1 = tgt["z"].shape[-1]
-    cid, src_cid = tgt["patch"] * n1 + tgt["elim"], src["patch"] * n1 + src["elim"]
+    cid, src_cid = chart_id(surface, tgt["patch"], tgt["elim"]), chart_id(surface, src["patch"], src["elim"])
     out = torch.empty(len(cid), *V.shape[1:], dtype=torch.complex128)
-    for c in torch.unique(cid).tolist():  # one pass per receiving chart (at most (n+1) n of them)
+    for c in torch.unique(cid).tolist():  # one pass per receiving chart (at most (n+1) n of them for one P^n)
         sel = cid == c
         Vc = V.clone()
         move = src_cid != c
         if move.any():
-            pc, ec = torch.full_like(src["patch"][move], c // n1), torch.full_like(src["elim"][move], c % n1)
+            pc, ec = (torch.full_like(src["patch"][move], int(x)) for x in chart_of_id(surface, c))
             T = chart_change(surface, src["z"][move], src["patch"][move], src["elim"][move], pc, ec)
             Vc[move] = hermitian_part(form_to_chart(T, V[move]))
         out[sel] = kapply(tgt["z"][sel], src["z"], Vc, None if K is None else K[sel])

@@ -51,7 +51,7 @@ from mflow import losses as losses_
 from mflow import checks
 from mflow.checks import integer
 from mflow.data.clustering import check_labels
-from mflow.geometry import volume
+from mflow.geometry import charts, volume
 from mflow.geometry.distance import NearestIndex
 from mflow.geometry.forms import NotPositiveDefiniteError, hermitian, hermitian_part, not_positive_definite, real_components
 from mflow.geometry.points import CYPoints, check_points
@@ -109,12 +109,17 @@ class FrozenKernelFlow(nn.Module):
         if self.metric_kernel and normalize:
             raise ValueError("normalize applies to scalar kernels; the network's metric-NTK is used as it is")
         self.tile_dtype, self.device = checks.precision("precision", precision), device  # of the kernel tiles (Kernel.apply)
+        base_kernel = getattr(kernel, "kernel", kernel)  # a Scaled kernel wraps one
+        if getattr(base_kernel, "space", "n/a") is None and (len(surface.dims) > 1 or surface.kahler != (1.0,)):
+            raise ValueError(f"the kernel {kernel!r} measures the FS distance of one P^n, but {surface.name} lives in "
+                             f"{surface.ambient} with t = {surface.kahler}: build it with space=surface "
+                             "(mflow.kernels.registry.kernel(name, surface, ...))")
         self.surface, self.kernel = surface, kernel
         self.lr, self.lr_step_decay, self.loss_name, self.reduction = float(lr), float(lr_step_decay), loss, reduction
         self.chart_mode, self.pd_policy, self.max_backtracks = chart_mode, pd_policy, max_backtracks
         self.pd_margin, self.normalize, self.block, self.cache_mb = float(pd_margin), bool(normalize), block, float(cache_mb)
         self.distributed: tuple | None = None  # (world, rank, all_gather_object) under DDP
-        n1, m = surface.n + 1, surface.n - 1
+        n1, m = surface.n_coords, surface.dim
         cd, rd, i64 = torch.complex128, torch.float64, torch.int64
         for name, shape, dtype in (
             ("train_z", (0, n1), cd), ("train_patch", (0,), i64), ("train_elim", (0,), i64),
@@ -156,10 +161,10 @@ class FrozenKernelFlow(nn.Module):
         keep = torch.ones(n, dtype=torch.bool)
         ref = torch.full((2,), -1, dtype=torch.int64)
         if self.chart_mode == "reject":
-            cid = train.chart_id
+            cid = charts.chart_id(self.surface, train.patch, train.elim)
             ids, counts = torch.unique(cid, return_counts=True)
             best = int(ids[counts.argmax()])
-            ref = torch.tensor([best // train.z.shape[-1], best % train.z.shape[-1]])
+            ref = torch.tensor([int(c) for c in charts.chart_of_id(self.surface, best)])
             keep = cid == best
         p = train[keep]
         row_of = torch.full((n,), -1, dtype=torch.int64)
@@ -265,7 +270,7 @@ class FrozenKernelFlow(nn.Module):
         if self.metric_kernel:  # a network's metric-NTK maps each point's chart to each point's chart itself
             return hermitian_part(self.kernel.apply_metric(tgt, src, V))
         if self.chart_mode == "ambient":
-            return chart_sums.ambient_sum(self._kapply, tgt, src, V, K)
+            return chart_sums.ambient_sum(self._kapply, self.surface, tgt, src, V, K)
         if self.chart_mode == "transform":
             return chart_sums.transform_sum(self._kapply, self.surface, tgt, src, V, K)
         return chart_sums.reject_sum(self._kapply, self.surface, (int(self.ref_chart[0]), int(self.ref_chart[1])), tgt, src, V, K)
@@ -413,7 +418,7 @@ class FrozenKernelFlow(nn.Module):
         if not bool(self.clustered):
             return base - self._predict_from(_chart_fields(d), torch.arange(self.n_train))
         if self._index is None:
-            self._index = NearestIndex(self.train_z)
+            self._index = NearestIndex(self.train_z, self.surface)
         cl = self.labels[self._index.query(d["z"])[1]]
         S = torch.empty_like(d["g_fs"])
         for c in torch.unique(cl).tolist():

@@ -25,7 +25,7 @@ class KernelFlow(FlowModule):
     """Frozen metric-NTK flow (eq. 2.12, 2.23) with a fixed kernel, as a LightningModule.
 
     Args:
-        manifold, psi, ambient_n, surface_seed: the hypersurface (linked from the data config).
+        manifold, psi, ambient_n, surface_seed, kahler: the manifold and its Kaehler moduli (linked from the data config).
         kernel: relu | cosine | gaussian | delta | empirical | scaled | network_ntk (mflow.kernels.registry);
             kernel_params: its parameters, e.g. {depth: 1, sigma_w: 5.716, sigma_b: 80.52} (relu), {sigma: 30.0,
             inverse: true} (gaussian), {kernel: gaussian, kernel_params: {sigma: 30.0, inverse: true}, h: det_g_fs,
@@ -58,6 +58,7 @@ class KernelFlow(FlowModule):
         psi: float = 0.0,
         ambient_n: int = 4,
         surface_seed: int = 0,
+        kahler: list[float] | None = None,
         kernel: str = "gaussian",
         kernel_params: dict | None = None,
         lr: float = 0.1,
@@ -74,7 +75,7 @@ class KernelFlow(FlowModule):
         cache_mb: float = 512.0,
         precision: str = "float64",
     ):
-        super().__init__(manifold, psi, ambient_n, surface_seed)
+        super().__init__(manifold, psi, ambient_n, surface_seed, kahler)
         kernel_params = {} if kernel_params is None else dict(kernel_params)
         self.save_hyperparameters()
         self.automatic_optimization = False
@@ -124,6 +125,8 @@ class KernelFlow(FlowModule):
         dm = datamodule_of(self)
         if dm is None:
             return
+        if getattr(dm, "family", None):
+            raise ValueError("a frozen-kernel flow has one Kaehler class: unset data.kahler_range (give data.kahler)")
         if stage == "fit" and self.flow.n_train == 0:
             self.flow.attach(dm.train, float(dm.kappa_fs), getattr(dm, "cluster_labels", None))
             if self.flow.chart_mode == "reject":

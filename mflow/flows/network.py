@@ -15,9 +15,10 @@ from mflow.geometry.points import CYPoints
 from mflow.models.metric import MetricModel
 from mflow.ntk.linearized import LinearizedModel
 
-from .base import FlowModule
+from .base import FlowModule, datamodule_of
 from .measures import WeightedMean
 
+FAMILY_LOSSES = {"sigma", "ultra_local_square", "ultra_local_entropy"}  # per-point kappa(t) enters through eta
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 
 
@@ -25,7 +26,7 @@ class NetworkFlow(FlowModule):
     """Trains a metric network g_theta by gradient descent on a weighted sum of losses (eq. 2.2-2.5).
 
     Args:
-        manifold, psi, ambient_n, surface_seed: the hypersurface (linked from the data config).
+        manifold, psi, ambient_n, surface_seed, kahler: the manifold and its Kaehler moduli (linked from the data config).
         head: free | addfs | multfs | matrixfs | phifs | bihomogeneous.
         depth, width, activation, parametrization, sigma_w, sigma_b, features, out_scale:
             the network (mflow.models.metric.MetricModel).
@@ -37,6 +38,8 @@ class NetworkFlow(FlowModule):
         init_seed: seed of the network's initialisation (not the data's ``seed``, so that the two can differ).
         precision: float64 | float32: the network's arithmetic (geometry, g and losses stay float64).
         compile: torch.compile the network's part of the training step (first steps slower while it compiles).
+        moduli_input: the Kaehler moduli t are an input of the network, so that one network learns a family
+            g(x; t) (train it on data.kahler_range; its losses are then those of g alone: sigma, ultra_local_*).
         linearize: train the first-order Taylor expansion of the network in its parameters at
             initialisation (eq. 2.10, mflow.ntk.linearized.LinearizedModel) instead of the network: its
             metric-NTK stays the initial one (eq. 2.11), the frozen-kernel limit at finite width.
@@ -50,6 +53,7 @@ class NetworkFlow(FlowModule):
         psi: float = 0.0,
         ambient_n: int = 4,
         surface_seed: int = 0,
+        kahler: list[float] | None = None,
         head: str = "multfs",
         depth: int = 3,
         width: int = 64,
@@ -67,8 +71,9 @@ class NetworkFlow(FlowModule):
         linearize: bool = False,
         precision: str = "float64",
         compile: bool = False,
+        moduli_input: bool = False,
     ):
-        super().__init__(manifold, psi, ambient_n, surface_seed)
+        super().__init__(manifold, psi, ambient_n, surface_seed, kahler)
         loss_weights = {"sigma": 1.0} if loss_weights is None else loss_weights
         self.save_hyperparameters()
         if not (lr > 0 and math.isfinite(lr)) or not (0 < lr_decay <= 1):
@@ -82,7 +87,7 @@ class NetworkFlow(FlowModule):
             torch.manual_seed(init_seed)
             self.model = MetricModel(
                 self.surface, head, depth, width, activation, parametrization, sigma_w, sigma_b, features, out_scale,
-                precision, compile,
+                precision, compile, moduli_input,
             )
         if linearize:
             self.model = LinearizedModel(self.model)
@@ -91,18 +96,31 @@ class NetworkFlow(FlowModule):
 
     # ------------------------------------------------------------------ the metric
     def metric(self, batch: dict) -> torch.Tensor:
+        kahler = batch.get("kahler")
         if self.stored_geometry and "pullback" in batch and "g_fs" in batch:
-            return self.model(batch["z"], batch["patch"], batch["elim"], batch["pullback"], batch["g_fs"])
-        return self.model(batch["z"], batch["patch"], batch["elim"])
+            return self.model(batch["z"], batch["patch"], batch["elim"], batch["pullback"], batch["g_fs"], kahler=kahler)
+        return self.model(batch["z"], batch["patch"], batch["elim"], kahler=kahler)
 
     @torch.no_grad()
     def predict_metric(self, points: CYPoints | dict, block: int = 8192) -> torch.Tensor:
         """g at every point (CYPoints or batch dict), block by block: -> [N, n-1, n-1] on the CPU."""
         b = points.as_batch() if isinstance(points, CYPoints) else points
         n = len(b["z"])
-        keys = [k for k in ("z", "patch", "elim", "pullback", "g_fs") if k in b]
+        keys = [k for k in ("z", "patch", "elim", "pullback", "g_fs", "kahler") if k in b]
         out = [self.metric({k: b[k][i : i + block].to(self.device) for k in keys}).cpu() for i in range(0, n, block)]
         return torch.cat(out) if out else torch.zeros(0, self.surface.dim, self.surface.dim, dtype=torch.complex128)
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        dm = datamodule_of(self)
+        if dm is None or not getattr(dm, "family", None):
+            return
+        if not self.hparams.moduli_input:
+            raise ValueError("data.kahler_range trains on a moduli family: set model.moduli_input: true")
+        other = set(self.loss_weights) - FAMILY_LOSSES
+        if other:
+            raise ValueError(f"a moduli family trains on losses of g alone {sorted(FAMILY_LOSSES)}; drop {sorted(other)} "
+                             "from model.loss_weights, or train at one t (unset data.kahler_range)")
 
     # ------------------------------------------------------------------ steps
     def _checked_metric(self, batch: dict) -> torch.Tensor:
@@ -117,7 +135,7 @@ class NetworkFlow(FlowModule):
 
     def training_step(self, batch, batch_idx):
         g = self._checked_metric(batch)
-        loss, parts = losses_.total_loss(self.model, batch, self.kappa, self.loss_weights, g=g)
+        loss, parts = losses_.total_loss(self.model, batch, batch.get("kappa", self.kappa), self.loss_weights, g=g)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"the loss is {float(loss)} at step {self.global_step} (terms: "
@@ -132,7 +150,7 @@ class NetworkFlow(FlowModule):
         """sigma, the loss and the non-positive-definite count (val/not_pd: validation reports, training refuses)."""
         with torch.enable_grad():
             g = self.metric(batch)
-            loss, _ = losses_.total_loss(self.model, batch, self.kappa, self.loss_weights, g=g)
+            loss, _ = losses_.total_loss(self.model, batch, batch.get("kappa", self.kappa), self.loss_weights, g=g)
         self.evaluation_step(batch, "val", g.detach())
         self.val_loss.update(loss.detach(), batch["weights"].sum())
 

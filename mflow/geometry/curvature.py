@@ -15,7 +15,7 @@ import torch
 from torch.func import grad, jacrev
 
 from . import charts
-from .hypersurface import Hypersurface
+from .cicy import CompleteIntersection
 from .forms import not_positive_definite
 from .volume import log_det, real_det
 
@@ -73,12 +73,12 @@ def tangent_del(f: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, J: t
     return d
 
 
-def fs_metric_fn(surface: Hypersurface) -> MetricFn:
+def fs_metric_fn(surface: CompleteIntersection) -> MetricFn:
     """The pulled-back Fubini-Study metric as a metric function."""
 
     def metric(z, patch, elim):
-        J = charts.pullback(surface.gradient(z), patch, elim)
-        return charts.pull_back(J, charts.fs_metric(z))
+        J = charts.pullback(surface, surface.gradient(z), patch, elim)
+        return charts.pull_back(J, charts.fs_metric(surface, z))
 
     return metric
 

@@ -50,14 +50,14 @@ def not_positive_definite(g: torch.Tensor) -> torch.Tensor:
 
 def chart_frame(surface, z: torch.Tensor, patch: torch.Tensor, elim: torch.Tensor):
     """The points z (any scaling, z_patch != 0) in chart (patch, elim): (z with z_patch = 1, pullback J [N, m, n+1])."""
-    zc = charts.to_patch(z, patch)
-    return zc, charts.pullback(surface.gradient(zc), patch, elim)
+    zc = charts.to_patch(surface, z, patch)
+    return zc, charts.pullback(surface, surface.gradient(zc), patch, elim)
 
 
 def chart_change(surface, z, patch_from, elim_from, patch_to, elim_to) -> torch.Tensor:
     """T [N, m, m] between two charts at the same points, g_to = T g_from T^H (T_ab = dx^from_b / dx^to_a)."""
     zt, Jt = chart_frame(surface, z, patch_to, elim_to)
-    return charts.chart_jacobian(zt, Jt, patch_from, charts.local_indices(patch_from, elim_from, z.shape[-1]))
+    return charts.chart_jacobian(surface, zt, Jt, patch_from, elim_from)
 
 
 def form_to_chart(T: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -71,16 +71,23 @@ def gradient_to_chart(T: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
     return dagger(Ti) @ G @ Ti
 
 
-def ambient_frame(z: torch.Tensor, J: torch.Tensor) -> torch.Tensor:
-    """F = J conj(P) / (|z| sqrt(pi)), P = 1 - z z^H / |z|^2: [N, n+1], [N, m, n+1] -> [N, m, n+1].
+def ambient_frame(surface, z: torch.Tensor, J: torch.Tensor) -> torch.Tensor:
+    """F = J B, B block diagonal with blocks sqrt(t_i / pi) conj(P_i) / |z_i|, P_i = 1 - z_i z_i^H / |z_i|^2 (the
+    factors' horizontal projectors): [N, D], [N, m, D] -> [N, m, D].
 
-    Rows: the chart's coordinate vectors lifted horizontally to the unit sphere, so F F^H = g_FS and a
-    change of chart at the same point gives F_to = e^{i phi} T F_from (phase from the rescaling of z).
+    Rows: the chart's coordinate vectors lifted horizontally to the unit spheres, so F F^H = g_FS (of J = sum t_i J_i).
+    For one P^n a change of chart at the same point gives F_to = e^{i phi} T F_from (phase from the rescaling of z),
+    so F^H G F is chart-independent. In a product every factor's rescaling brings its own phase: ambient forms
+    are then those of the points' own charts (their patch scaling), a fixed convention per point.
     """
-    r2 = (z.abs() ** 2).sum(-1)
+    f = surface.factor_of.to(z.device)
+    same = (f[:, None] == f[None, :]).to(z.dtype)
+    a2 = z.abs() ** 2
+    r2 = torch.zeros(*z.shape[:-1], len(surface.dims), dtype=a2.dtype, device=z.device).index_add(-1, f, a2)[..., f]
+    t = torch.tensor(surface.kahler, dtype=torch.float64, device=z.device)[f]
     eye = torch.eye(z.shape[-1], dtype=z.dtype, device=z.device)
-    pbar = eye - z.conj()[..., :, None] * z[..., None, :] / r2[..., None, None]
-    return J @ pbar / torch.sqrt(math.pi * r2)[..., None, None]
+    pbar = same * (eye - z.conj()[..., :, None] * z[..., None, :] / r2[..., :, None])
+    return J @ (pbar * torch.sqrt(t / (math.pi * r2))[..., :, None])
 
 
 def gradient_to_ambient(F: torch.Tensor, G: torch.Tensor) -> torch.Tensor:

@@ -6,18 +6,18 @@ from dataclasses import dataclass, fields
 import torch
 
 from . import charts
-from .hypersurface import RDTYPE, Hypersurface
+from .cicy import RDTYPE, CompleteIntersection
 from .sampling import sample_points
 from . import volume
-from .volume import mc_weights, real_det
+from .volume import mc_weights
 
 
 @dataclass
 class CYPoints:
     """A batch of N points of X in their preferred charts.
 
-    z [N, n+1] complex (z_patch = 1), patch / elim [N] int64, pullback [N, n-1, n+1],
-    omega_sq [N], g_fs [N, n-1, n-1] (pulled-back FS metric), weights [N].
+    z [N, D] complex (each factor scaled to its patch), patch / elim [N] int64 (codes: mflow.geometry.charts), pullback [N, d, D],
+    omega_sq [N], g_fs [N, d, d] (pulled-back metric of J = sum t_i J_i), weights [N].
     """
 
     z: torch.Tensor
@@ -36,20 +36,15 @@ class CYPoints:
 
     @property
     def features(self) -> torch.Tensor:
-        """Real network input [Re z_0..Re z_n, Im z_0..Im z_n]: [N, 2(n+1)] float64."""
+        """Real network input [Re z_0..Re z_n, Im z_0..Im z_n]: [N, 2D] float64."""
         return features(self.z)
-
-    @property
-    def chart_id(self) -> torch.Tensor:
-        """One integer per chart, patch * (n+1) + elim: [N]."""
-        return self.patch * self.z.shape[-1] + self.elim
 
     def as_batch(self) -> dict[str, torch.Tensor]:
         """The batch dict the flows and losses consume: {z, patch, elim, pullback, omega_sq, g_fs, weights}."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def sigma(self, g: torch.Tensor | None = None) -> torch.Tensor:
-        """sigma of the metric g [N, n-1, n-1] on these points, its own kappa (eq. B.11); g_FS when g is None."""
+        """sigma of the metric g [N, d, d] on these points, its own kappa (eq. B.11); g_FS when g is None."""
         g = self.g_fs if g is None else g
         return volume.sigma(self.weights.to(g.device), volume.real_det(g), self.omega_sq.to(g.device))
 
@@ -60,12 +55,12 @@ class CYPoints:
 RESIDUAL_TOL = 1e-6  # relative |p(z)| above which a point is not on the manifold (points of another X)
 
 
-def check_points(points: CYPoints, surface: Hypersurface, what: str = "points", tol: float = RESIDUAL_TOL) -> None:
+def check_points(points: CYPoints, surface: CompleteIntersection, what: str = "points", tol: float = RESIDUAL_TOL) -> None:
     """Refuse points of another P^n, NaN / inf anywhere, and points not on ``surface`` (relative |p| > tol)."""
     z = points.z
-    if z.ndim != 2 or z.shape[-1] != surface.n + 1:
+    if z.ndim != 2 or z.shape[-1] != surface.n_coords:
         raise ValueError(f"{what} have {z.shape[-1] if z.ndim == 2 else '?'} homogeneous coordinates, but "
-                         f"{surface.name} lives in P^{surface.n}: points of another manifold?")
+                         f"{surface.name} lives in {surface.ambient} ({surface.n_coords}): points of another manifold?")
     for f in fields(points):
         t = getattr(points, f.name)
         t = torch.view_as_real(t) if t.is_complex() else t
@@ -74,8 +69,8 @@ def check_points(points: CYPoints, surface: Hypersurface, what: str = "points", 
     check_on_surface(z, surface, what, tol)
 
 
-def check_on_surface(z: torch.Tensor, surface: Hypersurface, what: str = "points", tol: float = RESIDUAL_TOL) -> None:
-    """Refuse points z [N, n+1] where p does not vanish to relative tol (points of another manifold)."""
+def check_on_surface(z: torch.Tensor, surface: CompleteIntersection, what: str = "points", tol: float = RESIDUAL_TOL) -> None:
+    """Refuse points z [N, D] where p does not vanish to relative tol (points of another manifold)."""
     if len(z):
         res = surface.residual(z)
         if not float(res.max()) <= tol:
@@ -87,20 +82,27 @@ def check_on_surface(z: torch.Tensor, surface: Hypersurface, what: str = "points
 
 
 def features(z: torch.Tensor) -> torch.Tensor:
-    """[Re z, Im z]: [..., n+1] complex -> [..., 2(n+1)] float64."""
+    """[Re z, Im z]: [..., D] complex -> [..., 2D] float64."""
     return torch.cat([z.real, z.imag], -1).to(RDTYPE)
 
 
-def cy_points(surface: Hypersurface, z: torch.Tensor, drop_ties: bool = True) -> CYPoints:
-    """Charts, |Omega|^2, pullbacks, FS metric and MC weights of points z [N, n+1] on X (refuses singular points)."""
+def cy_points(surface: CompleteIntersection, z: torch.Tensor, drop_ties: bool = True) -> CYPoints:
+    """Charts, |Omega|^2, pullbacks, FS metric and MC weights of points z [N, D] on X (refuses singular points)."""
     if drop_ties:
-        z = z[~charts.ties_for_largest(z)]
+        z = z[~charts.ties_for_largest(surface, z)]
     z, dp, patch, elim = charts.choose_chart(surface, z)
-    surface.check_smooth_at(z, dp)
-    J = charts.pullback(dp, patch, elim)
-    g_fs = charts.pull_back(J, charts.fs_metric(z))
-    om = charts.omega_sq(dp, elim)
-    w = mc_weights(om, real_det(g_fs), surface.degree)
+    return points_in_chart(surface, z, dp, patch, elim, check_smooth=True)
+
+
+def points_in_chart(surface: CompleteIntersection, z, dp, patch, elim, check_smooth: bool = False) -> CYPoints:
+    """CYPoints of z [N, D] (scaled in their charts) with dp = dp/dz [N, K, D] there, in charts (patch, elim) [N]."""
+    om = charts.omega_sq(surface, dp, elim)
+    if check_smooth:
+        surface.check_smooth_at(z, om.rsqrt())
+    J = charts.pullback(surface, dp, patch, elim)
+    gs = charts.factor_metrics(surface, z, J)  # [m, N, d, d]
+    g_fs = torch.einsum("i,inab->nab", torch.tensor(surface.kahler, dtype=gs.dtype), gs)
+    w = mc_weights(om, *volume.sampling_density(gs, surface))
     return CYPoints(z, patch, elim, J, om, g_fs, w)
 
 
@@ -109,7 +111,7 @@ def cat_points(parts: list[CYPoints]) -> CYPoints:
     return CYPoints(**{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(CYPoints)})
 
 
-def sample(surface: Hypersurface, n_points: int, seed: int) -> CYPoints:
+def sample(surface: CompleteIntersection, n_points: int, seed: int) -> CYPoints:
     """n_points Shiffman-Zelditch points with their geometry, reproducible from the seed."""
     gen = torch.Generator().manual_seed(seed)
     return cy_points(surface, sample_points(surface, n_points, gen))
@@ -137,7 +139,7 @@ def as_features(x) -> torch.Tensor:
 
 
 def as_z(x) -> torch.Tensor:
-    """Homogeneous coordinates z [N, n+1] complex128; real features [Re z, Im z] are recombined."""
+    """Homogeneous coordinates z [N, D] complex128; real features [Re z, Im z] are recombined."""
     t = raw_points(x)
     if not t.is_complex():
         if t.shape[1] % 2:

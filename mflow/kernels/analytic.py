@@ -14,19 +14,23 @@ Each kernel says which view it uses (``uses = "features"`` for the NTKs, ``"z"``
 FS-distance kernels) and converts with :func:`as_features` / :func:`as_z`, so the same CYPoints can
 be handed to every kernel. Outputs are float64.
 
+Products. The FS-distance kernels (GaussianFS, DeltaKernel) take ``space``: the manifold X (a
+CompleteIntersection) whose points they compare, and then use its distance sqrt(sum_i t_i d_i^2) on
+P^{n_1} x ... x P^{n_m} (mflow.geometry.distance). space=None, or one P^n with t = 1, is the plain FS distance.
+
 Memory. ``matrix`` and ``apply`` loop over [block, block] tiles: ``apply`` never holds more than one
 tile, so k @ v at 100k points costs O(block^2) memory.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
 from mflow.checks import integer, positive
-from mflow.geometry.distance import NEAR, embed, fs_distance, fs_distance_block, nearest_neighbours
+from mflow.geometry.distance import NEAR, embed, factors, fs_distance, fs_distance_block, nearest_neighbours
 from mflow.geometry.points import as_features, as_z, raw_points
 from mflow.models.cosine import normalising_amplitude
 
@@ -185,8 +189,29 @@ class CosineNTK(Kernel):
 
 
 # ----------------------------------------------------------------------------- FS-distance kernels
+def metric_key(space) -> tuple | None:
+    """What of ``space`` the distance depends on: None (plain FS distance) or (dims, kahler)."""
+    return None if factors(space) is None else (tuple(space.dims), tuple(space.kahler))
+
+
+class FSDistanceKernel(Kernel):
+    """A kernel of the distance on ``space`` (None: one P^n, the FS distance; module doc, "Products")."""
+
+    uses = "z"
+    space = None
+
+    def prepare(self, x) -> torch.Tensor:
+        z = as_z(x)
+        fac = factors(self.space, z)  # refuses another number of coordinates
+        if fac is not None and len(fac) > 1:
+            for sl, _ in fac:
+                if (torch.linalg.vector_norm(z[:, sl], dim=-1) == 0).any():
+                    raise ValueError(f"a factor of z is 0: not a point of {self.space.ambient}")
+        return z
+
+
 @dataclass(frozen=True)
-class GaussianFS(Kernel):
+class GaussianFS(FSDistanceKernel):
     """eq. 3.5: exp(-d_FS(x, x') / (2 sigma)); ``squared=True``: exp(-d_FS^2 / (2 sigma^2)).
 
     ``inverse=True`` reads sigma as an inverse width: exp(-sigma d_FS / 2) (exp(-sigma^2 d_FS^2 / 2) if
@@ -196,6 +221,9 @@ class GaussianFS(Kernel):
 
     d_FS is the FS geodesic distance (eq. 3.2, mflow.geometry.distance: exact at d = 0, so no
     threshold is needed; ``zero_below`` reproduces the paper's cut-off of eq. 3.4 if wanted).
+    space: the manifold the points lie on; on a product P^{n_1} x ... x P^{n_m} d_FS is replaced by the product
+    distance sqrt(sum t_i d_i^2) in all of the above (None: one P^n with t = 1). Kernels compare equal when their
+    parameters and the space's factors and moduli agree (``metric``: (dims, kahler), None for the plain FS distance).
     Inputs: z (CYPoints, complex z, or [Re z, Im z]).
     """
 
@@ -203,10 +231,16 @@ class GaussianFS(Kernel):
     squared: bool = False
     zero_below: float = 0.0
     inverse: bool = False
+    space: object = field(default=None, compare=False, repr=False)
+    metric: tuple | None = field(default=None, init=False, repr=False)
 
-    uses = "z"
+    def __repr__(self):
+        plain = (f"GaussianFS(sigma={self.sigma!r}, squared={self.squared!r}, zero_below={self.zero_below!r}, "
+                 f"inverse={self.inverse!r}")
+        return plain + (")" if self.metric is None else f", dims={self.metric[0]}, kahler={self.metric[1]})")
 
     def __post_init__(self):
+        object.__setattr__(self, "metric", metric_key(self.space))
         object.__setattr__(self, "sigma", positive("sigma", self.sigma))
         object.__setattr__(self, "zero_below", positive("zero_below", self.zero_below, allow_zero=True))
 
@@ -220,14 +254,16 @@ class GaussianFS(Kernel):
         return d.mul_(-1 / (2 * width)).exp_()
 
     def _block(self, za, zb):
-        return self._of_distance(fs_distance_block(za, zb))
+        return self._of_distance(fs_distance_block(za, zb, self.space))
 
     def _apply_real(self, za, zb, V, block: int, dtype: torch.dtype) -> torch.Tensor:
         """The matrix-free sum for the FS-distance kernel: per tile, cos^2 d of all pairs from one real matrix
         product of the embeddings u u^H (mflow.geometry.distance.embed), then d and k in place, then k @ V.
         arccos of cos^2 d loses half the digits near d = 0 (eq. 3.4): the close pairs, 1 - |<u, v>| below NEAR
         (float64) or NEAR_FLOAT32 (float32, d < ~0.3), are recomputed exactly (as in fs_distance_block), which keeps
-        float64 at round-off and float32 within 1e-6 of it."""
+        float64 at round-off and float32 within 1e-6 of it. Products: see :meth:`_apply_product`."""
+        if factors(self.space, za) is not None:
+            return self._apply_product(za, zb, V, block, dtype)
         Ea, Eb = embed(za).to(dtype), embed(zb).to(dtype)
         near = (1 - (NEAR if dtype == torch.float64 else NEAR_FLOAT32)) ** 2
         out = torch.zeros(len(za), V.shape[1], dtype=torch.float64, device=za.device)
@@ -242,8 +278,35 @@ class GaussianFS(Kernel):
                 out[i : i + block] += (k @ V[j : j + block]).double()
         return out
 
+    def _apply_product(self, za, zb, V, block: int, dtype: torch.dtype) -> torch.Tensor:
+        """_apply_real on a product: per factor c_i = cos^2 d_i from the factor's embeddings (one real product each),
+        D^2 = sum t_i arccos(sqrt c_i)^2. Its round-off is absolute, ~ sum t_i eps (arccos(sqrt c)^2 ~ 1 - c near 0),
+        whatever the single d_i, so only pairs with small D lose digits: those with sum t_i (1 - c_i) below
+        (1 - near) sum t_i, near as for one P^n (the same pairs as there for one factor), are recomputed exactly
+        with fs_distance."""
+        fac = factors(self.space, za)
+        Ea = [embed(za[:, sl]).to(dtype) for sl, _ in fac]
+        Eb = [embed(zb[:, sl]).to(dtype) for sl, _ in fac]
+        cut = (1 - (1 - (NEAR if dtype == torch.float64 else NEAR_FLOAT32)) ** 2) * sum(t for _, t in fac)
+        out = torch.zeros(len(za), V.shape[1], dtype=torch.float64, device=za.device)
+        for i in range(0, len(za), block):
+            for j in range(0, len(zb), block):
+                d2 = lin = None
+                for (_, t), ea, eb in zip(fac, Ea, Eb):
+                    c = (ea[i : i + block] @ eb[j : j + block].T).clamp_(0.0, 1.0)  # cos^2 d_i
+                    lin = (1 - c) * t if lin is None else lin.add_(1 - c, alpha=t)
+                    di2 = c.sqrt_().arccos_().square_().mul_(t)
+                    d2 = di2 if d2 is None else d2.add_(di2)
+                fix = (lin < cut).nonzero()
+                k = self._of_distance(d2.sqrt_())
+                if len(fix):
+                    a, b = fix[:, 0] + i, fix[:, 1] + j
+                    k[fix[:, 0], fix[:, 1]] = self._of_distance(fs_distance(za[a], zb[b], self.space)).to(dtype)
+                out[i : i + block] += (k @ V[j : j + block]).double()
+        return out
 
-class DeltaKernel(Kernel):
+
+class DeltaKernel(FSDistanceKernel):
     """k(x_a, x_b) = 1 if x_b is the FS-nearest point of {x_b} to x_a, else 0 (REFERENCE.md sec. 3).
 
     Not symmetric: rows are query (test) points, columns are train points, and each row has exactly
@@ -251,15 +314,18 @@ class DeltaKernel(Kernel):
     nearest train point. On the train set itself (xa = xb) it is the identity (each point is its own
     nearest neighbour; exact duplicates go to the first copy). The nearest point is always taken
     over all of xb, so ``matrix`` / ``apply`` do not depend on ``block``. Inputs: z.
+    space: the manifold of the points; on a product the nearest point under sqrt(sum t_i d_i^2) (exact).
     """
 
-    uses = "z"
+    def __init__(self, space=None):
+        self.space = space
 
     def __repr__(self):
-        return "DeltaKernel()"
+        key = metric_key(self.space)
+        return "DeltaKernel()" if key is None else f"DeltaKernel(dims={key[0]}, kahler={key[1]})"
 
     def _nearest(self, za, zb):
-        return nearest_neighbours(za, zb)[1]
+        return nearest_neighbours(za, zb, self.space)[1]
 
     def _block(self, za, zb):
         idx = self._nearest(za, zb)

@@ -15,6 +15,7 @@ from .network import NetworkNTK
 KERNELS = {"relu": ReluNTK, "cosine": CosineNTK, "gaussian": GaussianFS, "delta": DeltaKernel, "empirical": EmpiricalNTK,
            "scaled": Scaled, "network_ntk": NetworkNTK}
 H_FUNCTIONS = ("det_g_fs", "weight")
+ON_SPACE = ("gaussian", "delta")  # kernels of the distance on X: built with space=surface (products: sqrt(sum t_i d_i^2))
 
 
 def scale_function(surface, h: str, power: float):
@@ -38,9 +39,13 @@ def kernel(name: str, surface=None, **params) -> Kernel:
     """A kernel by name (relu, cosine, gaussian, delta, empirical, scaled, network_ntk), e.g. kernel('gaussian',
     sigma=30.0, inverse=True) (Table 1). 'scaled' (eq. 2.16) takes {kernel: <name>, kernel_params: {...}, h: det_g_fs |
     weight, power: p} and needs the surface the points lie on; 'network_ntk' takes {model: a metric network, base}
-    (KernelFlow loads the model from a checkpoint)."""
+    (KernelFlow loads the model from a checkpoint). The FS-distance kernels (gaussian, delta) get the surface as
+    their ``space`` (its product distance; a ``space`` in params wins), so a kernel rebuilt from a config's name and
+    params with the config's surface is the one it was."""
     if name not in KERNELS:
         raise ValueError(f"unknown kernel {name!r}; choose one of {sorted(KERNELS)}")
+    if name in ON_SPACE and surface is not None:
+        params = {"space": surface, **params}
     if name != "scaled":
         return KERNELS[name](**params)
     unknown = set(params) - {"kernel", "kernel_params", "h", "power"}

@@ -14,6 +14,9 @@ bihomogeneous of degree (D, D). Its potential K = log P / (D pi) gives
 Kaehler and in the class of the FS form by construction, like the phifs head. MLGeometry's quintic network
 ("k = 4": two square layers of widths 70 and 100) is this with depth 2.
 
+In a product of projective spaces u holds every factor's invariant features: Q is then a positive polynomial in
+all of them, phi still a function on the ambient space, and g = g_FS + d dbar phi stays in the class of J.
+
 Initialisation: W_1 reads the diagonal features (sum_i |z_i|^2 / |z|^2 = 1), W_l is the identity, each plus
 Gaussian noise of size `noise`, so Q is nearly constant and g starts near g_FS (positive definite).
 """
@@ -31,12 +34,17 @@ from .mlp import Dense, Square
 class BihomogeneousNet(nn.Module):
     """Q(u) of the module doc: u [N, (n+1)^2] -> [N, 1], positive, homogeneous of degree 2^depth in u."""
 
-    def __init__(self, n1: int, width: int = 64, depth: int = 2, noise: float = 0.01):
+    def __init__(self, sizes, width: int = 64, depth: int = 2, noise: float = 0.01):
         super().__init__()
         if width < 1 or depth < 1:
             raise ValueError(f"the bihomogeneous head needs width and depth >= 1, got width={width}, depth={depth}")
-        iu = torch.triu_indices(n1, n1)
-        diagonal = torch.cat([iu[0] == iu[1], torch.zeros(n1 * n1 - iu.shape[1], dtype=torch.bool)]).double()
+        sizes = [sizes] if isinstance(sizes, int) else list(sizes)  # n_i + 1 of each factor
+
+        def diagonal_of(n1):  # the features |z_i|^2 / |z|^2 of one factor (module doc's layout)
+            iu = torch.triu_indices(n1, n1)
+            return torch.cat([iu[0] == iu[1], torch.zeros(n1 * n1 - iu.shape[1], dtype=torch.bool)])
+
+        diagonal = torch.cat([diagonal_of(n1) for n1 in sizes]).double()
         layers: list[nn.Module] = []
         for i in range(depth):
             start = diagonal.expand(width, -1) if i == 0 else torch.eye(width, dtype=torch.float64)

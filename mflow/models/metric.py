@@ -13,7 +13,7 @@ from torch import nn
 from .. import checks
 from ..geometry import charts
 from ..geometry.forms import hermitian, scatter_upper
-from ..geometry.hypersurface import Hypersurface
+from ..geometry.cicy import CompleteIntersection
 from ..geometry.points import features as chart_features
 from . import taylor
 from .bihomogeneous import BihomogeneousNet
@@ -24,11 +24,14 @@ POTENTIAL_HEADS = ("phifs", "bihomogeneous")  # g = g_FS + d dbar phi: Kaehler b
 FEATURES = ("chart", "invariant")
 
 
-def invariant_features(z: torch.Tensor) -> torch.Tensor:
-    """C*-invariant features of z: Re and Im of z_i conj(z_j) / |z|^2 for i <= j: [N, n+1] -> [N, (n+1)^2].
+def invariant_features(z: torch.Tensor, slices=None) -> torch.Tensor:
+    """C*-invariant features of z: Re and Im of z_i conj(z_j) / |z|^2 for i <= j: [N, n+1] -> [N, (n+1)^2]; in a
+    product, those of every factor (slices: the factors' coordinates), concatenated: [N, sum (n_i+1)^2].
 
-    A function of these is a function on P^n, whatever chart z is written in.
+    A function of these is a function on the ambient space, whatever chart z is written in.
     """
+    if slices is not None and len(slices) > 1:
+        return torch.cat([invariant_features(z[:, s]) for s in slices], -1)
     n1 = z.shape[-1]
     P = z[:, :, None] * z.conj()[:, None, :] / (z.abs() ** 2).sum(-1)[:, None, None]
     iu = torch.triu_indices(n1, n1, device=z.device)
@@ -65,7 +68,7 @@ class MetricModel(nn.Module):
 
     def __init__(
         self,
-        surface: Hypersurface,
+        surface: CompleteIntersection,
         head: str = "multfs",
         depth: int = 3,
         width: int = 64,
@@ -77,6 +80,7 @@ class MetricModel(nn.Module):
         out_scale: float = 0.01,
         precision: str = "float64",
         compile: bool = False,
+        moduli_input: bool = False,
     ):
         super().__init__()
         self.dtype = checks.precision("precision", precision)
@@ -92,11 +96,15 @@ class MetricModel(nn.Module):
             raise ValueError("the bihomogeneous head is a polynomial in z_i conj(z_j) / |z|^2: use features: invariant")
         self.surface, self.head, self.features, self.out_scale = surface, head, features, out_scale
         self.m = surface.dim
-        n1 = surface.n + 1
+        sizes = [n + 1 for n in surface.dims]
+        self.moduli_input = bool(moduli_input)
         if head == "bihomogeneous":
-            self.net = BihomogeneousNet(n1, width, depth, noise=out_scale)
+            if self.moduli_input:
+                raise ValueError("the bihomogeneous head is a polynomial in z: it takes no moduli input; choose another head")
+            self.net = BihomogeneousNet(sizes, width, depth, noise=out_scale)
         else:
-            d_in = 2 * n1 if features == "chart" else n1 * n1
+            d_in = 2 * sum(sizes) if features == "chart" else sum(s * s for s in sizes)
+            d_in += len(sizes) if self.moduli_input else 0
             d_out = 1 if head == "phifs" else self.m * self.m
             self.net = MLP(d_in, d_out, depth, width, activation, parametrization, sigma_w, sigma_b)
         self.compile = compile
@@ -117,18 +125,28 @@ class MetricModel(nn.Module):
         state["_compiled"] = {}
         return state
 
-    def inputs(self, z: torch.Tensor) -> torch.Tensor:
-        return chart_features(z) if self.features == "chart" else invariant_features(z)
+    def inputs(self, z: torch.Tensor, kahler: torch.Tensor | None = None) -> torch.Tensor:
+        """The network input at z [N, D]: chart or invariant features, then the moduli t [N, m] if it takes them."""
+        u = chart_features(z) if self.features == "chart" else invariant_features(z, self.surface.factor_slices)
+        if not self.moduli_input:
+            return u
+        return torch.cat([u, self._moduli(kahler, len(z), z.device)], -1)
 
-    def network(self, z: torch.Tensor) -> torch.Tensor:
-        """Scaled network output at z: [N, n+1] -> [N, d_out] (float64; computed in the model's precision)."""
-        return self.out_scale * self._run("net", self.net, self.inputs(z).to(self.dtype)).double()
+    def _moduli(self, kahler: torch.Tensor | None, n: int, device) -> torch.Tensor:
+        """t per point [N, m]: the given ones, or the manifold's own."""
+        if kahler is None:
+            return torch.tensor(self.surface.kahler, dtype=torch.float64, device=device).expand(n, -1)
+        return kahler.to(torch.float64).expand(n, -1)
 
-    def phi(self, z: torch.Tensor) -> torch.Tensor:
-        """Kaehler potential correction phi(z) (potential heads): [N, n+1] -> [N]."""
+    def network(self, z: torch.Tensor, kahler: torch.Tensor | None = None) -> torch.Tensor:
+        """Scaled network output at z: [N, D] -> [N, d_out] (float64; computed in the model's precision)."""
+        return self.out_scale * self._run("net", self.net, self.inputs(z, kahler).to(self.dtype)).double()
+
+    def phi(self, z: torch.Tensor, kahler: torch.Tensor | None = None) -> torch.Tensor:
+        """Kaehler potential correction phi(z) (potential heads): [N, D] -> [N]."""
         if self.head == "bihomogeneous":
             return self.net.potential(self.inputs(z).to(self.dtype))[:, 0].double()
-        return self.network(z)[:, 0]
+        return self.network(z, kahler)[:, 0]
 
     def _potential_jet(self, u: torch.Tensor, du: torch.Tensor, ddu: torch.Tensor):
         """(phi, d phi, d dbar phi) from the features' jets (mflow.models.taylor's layout)."""
@@ -136,22 +154,34 @@ class MetricModel(nn.Module):
             return self.net.potential_jet(u, du, ddu)
         return tuple(self.out_scale * t for t in taylor.mlp_ddbar(self.net.net, u, du, ddu))
 
-    def ddbar_phi(self, z: torch.Tensor, J: torch.Tensor) -> torch.Tensor:
+    def ddbar_phi(self, z: torch.Tensor, J: torch.Tensor, kahler: torch.Tensor | None = None) -> torch.Tensor:
         """d_a dbar_b phi along X by Taylor-mode propagation (mflow.models.taylor): -> [N, m, m]."""
-        jets = taylor.chart_feature_jets if self.features == "chart" else taylor.invariant_feature_jets
-        u, du, ddu = (t.to(self.dtype) for t in jets(z, J))
+        if self.features == "chart":
+            jets = taylor.chart_feature_jets(z, J)
+        else:
+            jets = taylor.product_jets([taylor.invariant_feature_jets(z[:, s], J[..., s]) for s in self.surface.factor_slices])
+        if self.moduli_input:  # t is constant along X
+            jets = taylor.product_jets([jets, taylor.constant_jets(self._moduli(kahler, len(z), z.device), J.shape[1])])
+        u, du, ddu = (t.to(self.dtype) for t in jets)
         _, _, dd = self._run("ddbar", self._potential_jet, u, du, ddu)
         return taylor.hermitian_from_pairs(dd.double(), self.m)[..., 0]
 
     def forward(self, z: torch.Tensor, patch: torch.Tensor, elim: torch.Tensor, J: torch.Tensor | None = None,
-                g_fs: torch.Tensor | None = None) -> torch.Tensor:
-        """g at points z [N, n+1] in charts (patch, elim) [N]: -> [N, m, m]. J (the pullback) and g_fs may be
-        given when g is not differentiated in z (a point set's stored geometry saves recomputing it)."""
-        J = charts.pullback(self.surface.gradient(z), patch, elim) if J is None else J
-        g_fs = charts.pull_back(J, charts.fs_metric(z)) if g_fs is None else g_fs
+                g_fs: torch.Tensor | None = None, kahler: torch.Tensor | None = None) -> torch.Tensor:
+        """g at points z [N, D] in charts (patch, elim) [N]: -> [N, m, m]. J (the pullback) and g_fs may be
+        given when g is not differentiated in z (a point set's stored geometry saves recomputing it).
+        kahler [N, m] (or [m]): the moduli t of each point, for a model of a family (moduli_input; g_FS is then
+        that of J = sum t_i J_i); None: the manifold's own t."""
+        J = charts.pullback(self.surface, self.surface.gradient(z), patch, elim) if J is None else J
+        if g_fs is None:
+            if kahler is None:
+                g_fs = charts.pull_back(J, charts.fs_metric(self.surface, z))
+            else:
+                gs = charts.factor_metrics(self.surface, z, J)
+                g_fs = torch.einsum("ni,inab->nab", self._moduli(kahler, len(z), z.device).to(gs.dtype), gs)
         if self.head in POTENTIAL_HEADS:
-            return g_fs + self.ddbar_phi(z, J)
-        v = self.network(z)
+            return g_fs + self.ddbar_phi(z, J, kahler)
+        v = self.network(z, kahler)
         if self.head == "free":
             return cholesky_metric(v, self.m)
         H = hermitian(v, self.m)

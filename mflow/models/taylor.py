@@ -69,6 +69,17 @@ def chart_feature_jets(z: torch.Tensor, J: torch.Tensor):
     return torch.cat([z.real, z.imag], -1), _stack(du), ddu
 
 
+def product_jets(jets):
+    """Jets of several feature blocks side by side (features concatenated): [(u, du, ddu), ...] -> (u, du, ddu)."""
+    return tuple(torch.cat(parts, -1) for parts in zip(*jets))
+
+
+def constant_jets(c: torch.Tensor, m: int):
+    """Jets of features constant along X (e.g. the Kaehler moduli fed to a network): c [N, k] -> (c, 0, 0)."""
+    zeros = torch.zeros(2, len(c), m, c.shape[-1], dtype=c.dtype, device=c.device)
+    return c, zeros, torch.zeros(2, len(c), m * (m + 1) // 2, c.shape[-1], dtype=c.dtype, device=c.device)
+
+
 def invariant_feature_jets(z: torch.Tensor, J: torch.Tensor):
     """Jets of the C*-invariant features (Re, Im of P_ij = z_i conj(z_j) / |z|^2) along X.
 

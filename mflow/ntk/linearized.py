@@ -66,12 +66,12 @@ class LinearizedModel(nn.Module):
         t0, t = self.theta0(), self.current()
         return torch.sqrt(sum(((t[n] - t0[n]) ** 2).sum() for n in self._names))
 
-    def forward(self, z: torch.Tensor, patch: torch.Tensor, elim: torch.Tensor, *geometry) -> torch.Tensor:
-        """g^L at points z [N, n+1] in charts (patch, elim) [N]: -> [N, m, m] (eq. 2.10); geometry: what the wrapped
-        model's forward takes besides (e.g. the stored pullback and g_FS)."""
+    def forward(self, z: torch.Tensor, patch: torch.Tensor, elim: torch.Tensor, *geometry, **options) -> torch.Tensor:
+        """g^L at points z [N, D] in charts (patch, elim) [N]: -> [N, m, m] (eq. 2.10); geometry, options: what the
+        wrapped model's forward takes besides (e.g. the stored pullback and g_FS, the moduli)."""
         t0, t = self.theta0(), self.current()
         delta = {n: t[n] - t0[n] for n in self._names}
-        g0, dg = jvp(lambda p: functional_call(self.base, p, (z, patch, elim, *geometry)), (t0,), (delta,))
+        g0, dg = jvp(lambda p: functional_call(self.base, p, (z, patch, elim, *geometry), options), (t0,), (delta,))
         return g0 + dg
 
 
