@@ -150,6 +150,7 @@ def prepare_train_data(ck: LoadedCheckpoint) -> None:
 
     allowed = set(inspect.signature(CYDataModule.__init__).parameters) - {"self"}
     kw = {k: v for k, v in ck.data_hparams.items() if k in allowed}
+    kw.pop("kahler_range", None)  # a moduli family's network is evaluated at one class: the manifold's own t
     if kw.get("path") is not None and not Path(kw["path"]).exists():
         raise EvaluationError(f"{ck.path}: its train data file {kw['path']} does not exist any more")
     try:

@@ -18,6 +18,7 @@ from mflow.ntk.linearized import LinearizedModel
 from .base import FlowModule, datamodule_of
 from .measures import WeightedMean
 
+PD_POLICIES = ("raise", "continue")
 FAMILY_LOSSES = {"sigma", "ultra_local_square", "ultra_local_entropy"}  # per-point kappa(t) enters through eta
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 
@@ -38,6 +39,9 @@ class NetworkFlow(FlowModule):
         init_seed: seed of the network's initialisation (not the data's ``seed``, so that the two can differ).
         precision: float64 | float32: the network's arithmetic (geometry, g and losses stay float64).
         compile: torch.compile the network's part of the training step (first steps slower while it compiles).
+        pd_policy: raise (stop at the first training batch where g is not positive definite) | continue (train on:
+            the loss of such a point (det g < 0, eta < 0) pushes it back; their count per epoch is logged as
+            train/not_pd and val / test report theirs).
         moduli_input: the Kaehler moduli t are an input of the network, so that one network learns a family
             g(x; t) (train it on data.kahler_range; its losses are then those of g alone: sigma, ultra_local_*).
         linearize: train the first-order Taylor expansion of the network in its parameters at
@@ -72,12 +76,15 @@ class NetworkFlow(FlowModule):
         precision: str = "float64",
         compile: bool = False,
         moduli_input: bool = False,
+        pd_policy: str = "raise",
     ):
         super().__init__(manifold, psi, ambient_n, surface_seed, kahler)
         loss_weights = {"sigma": 1.0} if loss_weights is None else loss_weights
         self.save_hyperparameters()
         if not (lr > 0 and math.isfinite(lr)) or not (0 < lr_decay <= 1):
             raise ValueError(f"need lr > 0 and 0 < lr_decay <= 1, got lr={lr}, lr_decay={lr_decay}")
+        if pd_policy not in PD_POLICIES:
+            raise ValueError(f"pd_policy must be one of {PD_POLICIES}, got {pd_policy!r}")
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {sorted(OPTIMIZERS)}")
         self.loss_weights = losses_.check_weights(loss_weights)
@@ -126,11 +133,12 @@ class NetworkFlow(FlowModule):
     def _checked_metric(self, batch: dict) -> torch.Tensor:
         g = self.metric(batch)
         _, info = torch.linalg.cholesky_ex(g.detach())
-        if (info > 0).any():
+        bad = int((info > 0).sum())
+        if bad and self.hparams.pd_policy == "raise":
             raise NotPositiveDefiniteError(
-                f"the metric is not positive definite at {int((info > 0).sum())} of {len(g)} points "
-                f"(step {self.global_step}); lower the learning rate or out_scale, or add a volume loss"
-            )
+                f"the metric is not positive definite at {bad} of {len(g)} points (step {self.global_step}); lower "
+                "the learning rate or out_scale, add a volume loss, or train on (model.pd_policy=continue)")
+        self.log("train/not_pd", float(bad), reduce_fx="sum", batch_size=len(g))
         return g
 
     def training_step(self, batch, batch_idx):

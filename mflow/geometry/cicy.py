@@ -146,10 +146,11 @@ class CompleteIntersection:
         C = basis.coefficients.to(z.device)
 
         def rel(zb):
-            u = basis.monomials(zb)  # [U, B]
-            return ((C.T @ u).abs() / (C.abs().T @ u.abs()).clamp_min(1e-300)).amax(0)
+            parts = basis.parts(zb)
+            size = basis.contract(C.abs().to(C.dtype), [p.abs().to(p.dtype) for p in parts]).real
+            return (basis.contract(C, parts).abs() / size.clamp_min(1e-300)).amax(0)
 
-        return _blocked(rel, z, len(C))
+        return _blocked(rel, z, basis.terms)
 
     @cached_property
     def _values(self) -> "Polynomials":
@@ -295,32 +296,52 @@ def compositions(total: int, parts: int):
 
 
 class Polynomials:
-    """Several polynomials on the ambient space at once: f(z) = u(z) @ C, u the distinct monomials [B, U] and
-    C [U, outputs] their coefficients. A monomial is the product of one monomial per factor; those are few
-    (10 cubics in 3 variables) and computed once, so u costs m products per monomial instead of D."""
+    """Several polynomials on the ambient space at once. A monomial is a product of one monomial per factor, and
+    those are few (10 cubics in 3 variables), so each factor's monomials m_i [S_i] are computed once. With few
+    factors the polynomials are a dense coefficient tensor over them, C [outputs, S_1, ..., S_m], contracted factor
+    by factor (a matrix product, then products and sums):
+        f_o(z) = sum_{s_1..s_m} C[o, s_1, ..., s_m] prod_i m_i[s_i](z);
+    when that tensor would be much larger than the list of distinct monomials (many factors: the tetraquadric),
+    the monomials u_s = prod_i m_i[s_i] are gathered instead and f = C' u, C' [outputs, U]."""
 
     def __init__(self, X: CompleteIntersection, exponents: torch.Tensor, coefficients: torch.Tensor):
-        self.exponents, inverse = torch.unique(exponents, dim=0, return_inverse=True)  # [U, D]
-        self.coefficients = torch.zeros(len(self.exponents), coefficients.shape[1], dtype=CDTYPE).index_add(
-            0, inverse, coefficients)  # [U, outputs]
-        self.factors = []  # per factor: (coordinates, distinct exponents [S_i, n_i + 1], which one each monomial uses [U])
+        exponents, inverse = torch.unique(exponents, dim=0, return_inverse=True)  # [U, D]
+        coefficients = torch.zeros(len(exponents), coefficients.shape[1], dtype=CDTYPE).index_add(
+            0, inverse, coefficients.to(CDTYPE))  # [U, outputs]
+        self.factors, index = [], []  # per factor: (coordinates, distinct exponents [S_i, n_i + 1])
         for sl in X.factor_slices:
-            sub, which = torch.unique(self.exponents[:, sl], dim=0, return_inverse=True)
-            self.factors.append((sl, sub, which))
+            sub, which = torch.unique(exponents[:, sl], dim=0, return_inverse=True)
+            self.factors.append((sl, sub))
+            index.append(which)
+        self.terms = len(exponents)
+        self.dense = coefficients.shape[1] * math.prod(len(sub) for _, sub in self.factors[:-1]) <= 4 * self.terms
+        if self.dense:
+            C = torch.zeros(*(len(sub) for _, sub in self.factors), coefficients.shape[1], dtype=CDTYPE)
+            C.index_put_(tuple(index), coefficients, accumulate=True)
+            self.coefficients = C.movedim(-1, 0).contiguous()  # [outputs, S_1, ..., S_m]
+        else:
+            self.coefficients, self.index = coefficients.T.contiguous(), index  # [outputs, U], [U] per factor
 
-    def monomials(self, z: torch.Tensor) -> torch.Tensor:
-        """u(z), points last: [B, D] -> [U, B]."""
+    def contract(self, C: torch.Tensor, parts: list[torch.Tensor]) -> torch.Tensor:
+        """f_o = sum_s C[o, s] prod_i parts_i[s_i] for the factors' monomials parts_i [S_i, B]: -> [outputs, B]."""
+        if not self.dense:
+            u = math.prod(p.index_select(0, i.to(p.device)) for p, i in zip(parts, self.index))  # [U, B]
+            return C @ u
+        B = parts[-1].shape[-1]
+        out = (C.reshape(-1, C.shape[-1]) @ parts[-1]).reshape(*C.shape[:-1], B)
+        for part in reversed(parts[:-1]):
+            out = (out * part).sum(-2)
+        return out
+
+    def parts(self, z: torch.Tensor) -> list[torch.Tensor]:
+        """Each factor's monomials, points last: [B, D] -> [[S_i, B]]."""
         zt = z.T.contiguous()
-        u = None
-        for sl, sub, which in self.factors:
-            part = _powers_product(zt[sl], sub.to(z.device)).index_select(0, which.to(z.device))
-            u = part if u is None else u * part
-        return u
+        return [_powers_product(zt[sl], sub.to(z.device)) for sl, sub in self.factors]
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
         """[..., D] -> [..., outputs]."""
-        Ct = self.coefficients.T.contiguous().to(z.device)
-        return _blocked(lambda zb: (Ct @ self.monomials(zb)).T, z, len(self.exponents))
+        C = self.coefficients.to(z.device)
+        return _blocked(lambda zb: self.contract(C, self.parts(zb)).T, z, self.terms)
 
 
 def _powers_product(zt: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
