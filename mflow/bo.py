@@ -98,7 +98,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--n-clusters", type=int, default=1)
     p.add_argument("--cluster-batch-size", type=int, default=10_000)
     p.add_argument("--manifold", default="fermat_quintic")
-    p.add_argument("--psi", type=float, default=0.0)
+    p.add_argument("--psi", type=float, default=None)
     p.add_argument("--ambient-n", type=int, default=4)
     p.add_argument("--surface-seed", type=int, default=0)
     p.add_argument("--loss", default="sigma")

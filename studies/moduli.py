@@ -48,7 +48,7 @@ def train(config: str, run: Path, args: list[str]) -> Path:
 
 def at_moduli(points: CYPoints, gs: torch.Tensor, t: torch.Tensor) -> CYPoints:
     """The points with the g_FS of J = sum t_i J_i (the same z, charts, weights)."""
-    g_fs = torch.einsum("i,inab->nab", t.to(gs.dtype), gs)
+    g_fs = charts.kahler_metric(gs, t)
     return CYPoints(points.z, points.patch, points.elim, points.pullback, points.omega_sq, g_fs, points.weights)
 
 

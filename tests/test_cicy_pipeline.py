@@ -128,3 +128,31 @@ def test_pd_policy_continue_trains_through_non_positive_definite_points(tmp_path
     assert s["not_positive_definite"]["val"] > 0 and s["model"]["pd_policy"] == "continue"
     with pytest.raises(ValueError, match="pd_policy must be one of"):
         _train(tmp_path, "bad", "--model.pd_policy=sometimes")
+
+
+def test_ambient_forms_do_not_depend_on_the_chart_in_a_product():
+    """F^H G F (the kernel flow's ambient form) is the same whichever chart G is written in: every factor's phase is
+    fixed by the frame (mflow.geometry.forms.ambient_frame), and F F^H = g_FS."""
+    from mflow.geometry import charts, forms
+
+    X = manifold("bicubic", kahler=(1.0, 1.7))
+    P = sample(X, 200, 1)
+    patch2 = charts.choose_patch(X, P.z, rank=1)
+    z2 = charts.to_patch(X, P.z, patch2)
+    elim2 = charts.choose_elim(X, X.gradient(z2), patch2)
+    J2 = charts.pullback(X, X.gradient(z2), patch2, elim2)
+    G1 = torch.randn(200, 3, 3, dtype=torch.complex128, generator=torch.Generator().manual_seed(0))
+    G1 = G1 + G1.conj().transpose(-1, -2)
+    G2 = forms.gradient_to_chart(forms.chart_change(X, P.z, P.patch, P.elim, patch2, elim2), G1)
+    F1, F2 = forms.ambient_frame(X, P.z, P.pullback), forms.ambient_frame(X, z2, J2)
+    assert torch.allclose(forms.gradient_to_ambient(F1, G1), forms.gradient_to_ambient(F2, G2), atol=1e-12)
+    assert torch.allclose(F1 @ F1.conj().transpose(-1, -2), P.g_fs, atol=1e-13)
+
+
+def test_presets_defaults_from_a_config():
+    """psi None is each preset's own default (two_cubics is singular at psi = 0)."""
+    from mflow.geometry.presets import surface_from_args
+
+    assert surface_from_args("two_cubics").params["psi"] == [0.5, 0.0]
+    assert surface_from_args("dwork").params["psi"] == [0.0, 0.0]
+    assert surface_from_args("bicubic", kahler=[1, 2]).kahler == (1.0, 2.0)

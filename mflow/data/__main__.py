@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=int, required=True, help="number of points")
     s.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     s.add_argument("--out", required=True, help="output .npz path (written atomically)")
-    s.add_argument("--psi", type=float, default=0.0, help="deformation psi (manifolds dwork, two_cubics; default 0)")
+    s.add_argument("--psi", type=float, default=None,
+                   help="deformation psi (manifolds dwork, default 0, and two_cubics, default 0.5)")
     s.add_argument("--ambient-n", type=int, default=4, help="P^n of manifold random (default 4)")
     s.add_argument("--surface-seed", type=int, default=0,
                    help="coefficient seed of the generic presets random, bicubic, p1p3, tetraquadric (default 0)")

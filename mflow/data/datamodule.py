@@ -1,8 +1,9 @@
-"""Lightning DataModule of points on a CY hypersurface: sampled (and cached) or loaded from a file.
+"""Lightning DataModule of points on a CY manifold (mflow.geometry.cicy): sampled (and cached) or loaded from a file.
 
-Batches are dicts of tensors sliced a whole batch at a time (no per-item collate):
-features [B, 2(n+1)] float64, z [B, n+1] complex128, weights [B], omega_sq [B],
-pullback [B, n-1, n+1], g_fs [B, n-1, n-1], patch [B], elim [B], index [B] (row in its split).
+Batches are dicts of tensors sliced a whole batch at a time (no per-item collate), with D homogeneous coordinates
+and d = dim X: features [B, 2D] float64, z [B, D] complex128, weights [B], omega_sq [B], pullback [B, d, D],
+g_fs [B, d, d], patch [B], elim [B] (chart codes), index [B] (row in its split); a moduli family adds kahler
+[B, m] and kappa [B].
 
 Distributed (DDP): the samplers shard the data themselves (they subclass DistributedSampler, so
 Lightning does not wrap them again). Train: a seeded permutation per epoch, padded with a few
@@ -22,7 +23,7 @@ from torch.utils.data import Dataset
 from mflow.geometry.cicy import CompleteIntersection, NotCalabiYauError
 from mflow.geometry.presets import PRESETS, surface_from_args
 from mflow.geometry.points import CYPoints
-from mflow.geometry.charts import factor_metrics
+from mflow.geometry.charts import factor_metrics, kahler_metric
 from mflow.geometry.volume import kappa, kappa_of_moduli, moduli_polynomial, real_det
 
 from .population import check_population
@@ -60,11 +61,12 @@ class PointsDataset(Dataset):
 
 
 class CYDataModule(L.LightningDataModule):
-    """Points on a CY hypersurface, split into train / val / test.
+    """Points on a CY manifold, split into train / val / test.
 
     Args:
-        manifold: preset name: fermat_quintic, fermat_quartic, fermat_cubic, dwork or random.
-        psi: Dwork parameter (manifold="dwork"): sum z_i^5 - 5 psi prod z_i.
+        manifold: preset name (mflow.geometry.presets.PRESETS): fermat_quintic, fermat_quartic, fermat_cubic, dwork,
+            random, bicubic, p1p3, tetraquadric, two_cubics.
+        psi: deformation of dwork (sum z_i^5 - 5 psi prod z_i; default 0) and two_cubics (default 0.5).
         ambient_n: ambient P^n of manifold="random" (degree n+1 with all monomials).
         surface_seed: coefficient seed of the generic presets (random, bicubic, p1p3, tetraquadric).
         kahler: the Kaehler moduli t, one per factor of the ambient space (None: all 1).
@@ -89,7 +91,7 @@ class CYDataModule(L.LightningDataModule):
     def __init__(
         self,
         manifold: str = "fermat_quintic",
-        psi: float = 0.0,
+        psi: float | None = None,
         ambient_n: int = 4,
         surface_seed: int = 0,
         kahler: list[float] | None = None,
@@ -240,7 +242,7 @@ class CYDataModule(L.LightningDataModule):
             gs = factor_metrics(self.surface, p.z, p.pullback)  # [m, N, d, d]
             if poly is None:  # the train split's (first) estimate of kappa(t) serves every split
                 poly = moduli_polynomial(gs, p.weights, p.omega_sq)
-            p.g_fs = torch.einsum("ni,inab->nab", t.to(gs.dtype), gs)
+            p.g_fs = kahler_metric(gs, t)
             self.family[s] = {"kahler": t, "kappa": kappa_of_moduli(poly, t)}
 
     def batch_of(self, split: str) -> dict[str, torch.Tensor]:

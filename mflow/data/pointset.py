@@ -62,7 +62,7 @@ def sample_pointset(
     surface: CompleteIntersection, n_points: int, seed: int, chunk_size: int = DEFAULT_CHUNK, progress: bool = False,
     population: str = "all_charts",
 ) -> CYPoints:
-    """n_points Shiffman-Zelditch points of a population (mflow.data.population) with their geometry.
+    """n_points sampled points (mflow.geometry.sampling) of a population (mflow.data.population) with their geometry.
 
     At most chunk_size points are held in intermediate buffers at a time: n_points <= chunk_size is
     exactly ``sample(surface, n_points, seed)``; larger sets join chunks sampled with ``chunk_seed(seed, k)``.

@@ -1,6 +1,6 @@
 """Point populations: all of X, or the points of one chart (the paper's sec. 3.1 rejection sampling).
 
-``all_charts``: Shiffman-Zelditch points, each in its preferred chart (patch, elim) (REFERENCE.md section 1).
+``all_charts``: sampled points (mflow.geometry.sampling), each in its preferred chart (patch, elim) (REFERENCE.md section 1).
 ``one_chart``: only the points whose preferred chart is the population's chart: the most common chart of X,
 found once per manifold from a fixed pilot sample (:func:`population_chart`; on the Fermat quintic all 20
 charts are equally common, about 5% of the points each, and the pilot's sampling noise picks one, always the
@@ -8,7 +8,7 @@ same: (patch, elim) = (3, 2)). The paper
 samples ~20x more points than it keeps and rejects the rest, so that every metric is in the same coordinates.
 
 Monte-Carlo weights stay those of all_charts: the kept points are distributed by the FS measure restricted
-to the chart's region U = {x : chart(x) = c}, and w = |Omega|^2 / det g_FS is still the CY/FS density ratio.
+to the chart's region U = {x : chart(x) = c}, and w (|Omega|^2 over the sampling density) is still the density ratio.
 Weighted means over a one-chart set therefore estimate integrals over U against mu_CY, normalised by mu_CY(U):
 its sigma is the sigma measure of the metric on U (with kappa the metric's own over U), not on X.
 """

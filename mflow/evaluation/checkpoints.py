@@ -96,7 +96,7 @@ def load_checkpoint(path, expected_surface: CompleteIntersection | None = None) 
         raise EvaluationError(f"{path}: the 'mflow' section says kind {kind!r} but the model class is {class_path!r}")
     kwargs = {k: v for k, v in hp.items() if not k.startswith("_")}
     try:
-        surface = surface_from_args(kwargs.get("manifold", "fermat_quintic"), kwargs.get("psi", 0.0),
+        surface = surface_from_args(kwargs.get("manifold", "fermat_quintic"), kwargs.get("psi"),
                                     kwargs.get("ambient_n", 4), kwargs.get("surface_seed", 0), kwargs.get("kahler"))
     except ValueError as e:
         raise EvaluationError(f"{path}: the manifold in its settings cannot be built: {e}") from None
@@ -115,7 +115,7 @@ def load_checkpoint(path, expected_surface: CompleteIntersection | None = None) 
     data_hp = {k: v for k, v in data_hp.items() if not k.startswith("_")} if isinstance(data_hp, dict) else None
     if data_hp is not None:
         try:
-            ds = surface_from_args(data_hp.get("manifold", "fermat_quintic"), data_hp.get("psi", 0.0),
+            ds = surface_from_args(data_hp.get("manifold", "fermat_quintic"), data_hp.get("psi"),
                               data_hp.get("ambient_n", 4), data_hp.get("surface_seed", 0), data_hp.get("kahler"))
         except ValueError as e:
             raise EvaluationError(f"{path}: the data settings name a manifold that cannot be built: {e}") from None

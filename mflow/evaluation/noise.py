@@ -34,6 +34,12 @@ Two ways of making them from train points z_i of X = {p = 0}:
    do not land within ``rtol`` (10%) of d are retried with a new direction, and dropped after
    ``max_tries`` (the count is returned). The points are then on X, with the usual charts, |Omega|^2,
    pullbacks and weights (mflow.geometry.points.cy_points).
+
+Complete intersections in products (mflow.geometry.cicy) are handled by the same code: the chart rules are
+those of mflow.geometry.charts (a patch per factor, the K x K minor of largest |det| for the eliminated
+coordinates; for one P^n and K = 1 they are the rules above), each factor is kept at unit norm, the step is
+the product metric's geodesic (factor i turns by s a_i, sum_i t_i (s a_i)^2 = s^2; :func:`geodesic_step`), the
+projection the least-norm Newton step for the K equations, and distances are the product's sqrt(sum t_i d_i^2).
 """
 from __future__ import annotations
 
@@ -102,9 +108,7 @@ def _inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def unit_factors(surface: CompleteIntersection, z: torch.Tensor) -> torch.Tensor:
     """Each factor's block of z scaled to unit norm: [N, D] -> [N, D] (z / |z| for one P^n)."""
-    f = surface.factor_of.to(z.device)
-    r2 = torch.zeros(len(z), len(surface.dims), dtype=RDTYPE, device=z.device).index_add(1, f, z.abs() ** 2)
-    return z / r2.sqrt()[:, f]
+    return z / charts.factor_norms_sq(surface, z).sqrt()[:, surface.factor_of.to(z.device)]
 
 
 def tangent_directions(surface: CompleteIntersection, u: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -133,7 +137,7 @@ def geodesic_step(surface: CompleteIntersection, u: torch.Tensor, r: torch.Tenso
     factor i moves along its FS great circle by s a_i, a_i = |r_i| / sqrt(sum_j t_j |r_j|^2), so that
     sqrt(sum_i t_i (s a_i)^2) = s (for s a_i <= pi/2)."""
     f = surface.factor_of.to(u.device)
-    norm = torch.zeros(len(u), len(surface.dims), dtype=RDTYPE, device=u.device).index_add(1, f, r.abs() ** 2).sqrt()
+    norm = charts.factor_norms_sq(surface, r).sqrt()
     t = torch.tensor(surface.kahler, dtype=RDTYPE, device=u.device)
     angle = (s[:, None] * norm / (t * norm**2).sum(-1, keepdim=True).sqrt())[:, f]  # [N, D]
     return torch.cos(angle) * u + torch.sin(angle) * r / norm.clamp_min(1e-300)[:, f]

@@ -5,10 +5,10 @@ only means something in one coordinate system, but every point has its own chart
 Three ways (``chart_mode`` of mflow.flows.kernel.FrozenKernelFlow):
 
 * ``"ambient"`` (default): the metric-NTK of g(x) = g_FS(x) + F(x) A(x) F(x)^H with an ambient Hermitian
-  (n+1)x(n+1) form A whose components (in an orthonormal basis of Hermitian matrices) are independent
+  D x D form A whose components (in an orthonormal basis of Hermitian matrices) are independent
   networks of scalar kernel k (mflow.geometry.forms: F F^H = g_FS). Then
-  dg(x) = -lr F(x) [sum_x' k(x, x') F(x')^H G(x') F(x')] F(x)^H: chart-independent and exact, one kernel
-  product on (n+1)^2 complex components, no Jacobians between far-apart points. At x = x' the deltas
+  dg(x) = -lr F(x) [sum_x' k(x, x') F(x')^H G(x') F(x')] F(x)^H: chart-independent and exact (in a product too:
+  mflow.geometry.forms.ambient_frame fixes every factor's phase), one kernel product on D^2 complex components, no Jacobians between far-apart points. At x = x' the deltas
   become the FS metric: dg = -lr k g_FS G g_FS, the covariant form of delta_ik delta_jl.
 * ``"transform"``: the paper's component-wise delta_ik delta_jl, with every correction expressed in the
   chart of the receiving point x. Transport rule: the paper's update at x' is the metric correction
@@ -23,8 +23,8 @@ Three ways (``chart_mode`` of mflow.flows.kernel.FrozenKernelFlow):
   of another chart is moved to its chart as a form (exact).
 
 Each function takes ``kapply(tz, sz, V, K)``, the flow's component product sum_s k(t, s) V_s on Hermitian V
-[Ns, d, d] (K [Nt, Ns] the kernel matrix if known, else None), targets and sources as dicts of z [N, n+1],
-patch, elim [N], pullback [N, n-1, n+1], and V [Ns, n-1, n-1] in the sources' charts; it returns [Nt, n-1, n-1]
+[Ns, d, d] (K [Nt, Ns] the kernel matrix if known, else None), targets and sources as dicts of z [N, D],
+patch, elim [N], pullback [N, d, D], and V [Ns, d, d] in the sources' charts; it returns [Nt, d, d]
 in the targets' charts.
 """
 from __future__ import annotations

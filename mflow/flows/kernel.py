@@ -78,7 +78,7 @@ class FrozenKernelFlow(nn.Module):
     """The discrete frozen metric-NTK flow (module doc) on a set of train points: attach, flow_step, predict_metric.
 
     Args:
-        surface: the hypersurface. kernel: a mflow.kernels Kernel (scalar k, Theta = delta delta k).
+        surface: the manifold (mflow.geometry.cicy). kernel: a mflow.kernels Kernel (scalar k, Theta = delta delta k).
         lr, lr_step_decay, loss, reduction, chart_mode, pd_policy, max_backtracks, pd_margin, normalize,
         block, cache_mb: see the module doc (block: kernel tile size, memory O(block^2)).
     """

@@ -54,7 +54,7 @@ class NetworkFlow(FlowModule):
     def __init__(
         self,
         manifold: str = "fermat_quintic",
-        psi: float = 0.0,
+        psi: float | None = None,
         ambient_n: int = 4,
         surface_seed: int = 0,
         kahler: list[float] | None = None,

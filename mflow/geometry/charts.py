@@ -145,19 +145,32 @@ def omega_sq(surface: CompleteIntersection, dp: torch.Tensor, elim: torch.Tensor
     return torch.linalg.det(_minor(surface, dp, elim)).abs().pow(-2)
 
 
-def fs_metric(surface: CompleteIntersection | None, z: torch.Tensor) -> torch.Tensor:
-    """Ambient metric of J = sum_i t_i J_i, block diagonal: [..., D] -> [..., D, D] (surface None: one P^{D-1}, t = 1).
+def factor_norms_sq(surface: CompleteIntersection, z: torch.Tensor) -> torch.Tensor:
+    """|z_i|^2 of every factor: [..., D] -> [..., m]."""
+    f = surface.factor_of.to(z.device)
+    a2 = z.abs() ** 2
+    return torch.zeros(*z.shape[:-1], len(surface.dims), dtype=a2.dtype, device=z.device).index_add(-1, f, a2)
+
+
+def kahler_metric(gs: torch.Tensor, kahler) -> torch.Tensor:
+    """sum_i t_i g_i from the factors' metrics gs [m, N, d, d]; t [m] or per point [N, m]: -> [N, d, d]."""
+    t = torch.as_tensor(kahler, dtype=torch.float64, device=gs.device).to(gs.dtype)
+    return torch.einsum("i,inab->nab" if t.ndim == 1 else "ni,inab->nab", t, gs)
+
+
+def fs_metric(surface: CompleteIntersection | None, z: torch.Tensor, kahler=None) -> torch.Tensor:
+    """Ambient metric of J = sum_i t_i J_i, block diagonal: [..., D] -> [..., D, D] (surface None: one P^{D-1}, t = 1;
+    kahler: other moduli than the manifold's).
 
     Block i is t_i g_FS of P^{n_i}: (t_i / pi) (|z_i|^2 delta_IJ - conj(z_I) z_J) / |z_i|^4 (|z_i|^2 of the factor).
     """
     if surface is None:
-        f, kahler = torch.zeros(z.shape[-1], dtype=torch.int64, device=z.device), (1.0,)
+        f, kahler, r2 = torch.zeros(z.shape[-1], dtype=torch.int64, device=z.device), (1.0,), (z.abs() ** 2).sum(-1, keepdim=True)
     else:
-        f, kahler = surface.factor_of.to(z.device), surface.kahler
+        f, kahler, r2 = surface.factor_of.to(z.device), surface.kahler if kahler is None else kahler, factor_norms_sq(surface, z)
     same = (f[:, None] == f[None, :]).to(z.dtype)
     t = torch.tensor(kahler, dtype=torch.float64, device=z.device)[f]  # [D]
-    a2 = z.abs() ** 2
-    r2 = torch.zeros(*z.shape[:-1], len(kahler), dtype=a2.dtype, device=z.device).index_add(-1, f, a2)[..., f]
+    r2 = r2[..., f]
     eye = torch.eye(z.shape[-1], dtype=CDTYPE, device=z.device)
     outer = z.conj()[..., :, None] * z[..., None, :]
     return same * (t * (r2[..., :, None] * eye - outer) / (math.pi * r2**2)[..., :, None])
@@ -189,6 +202,6 @@ def chart_jacobian(surface: CompleteIntersection, z: torch.Tensor, J_to: torch.T
 def factor_metrics(surface: CompleteIntersection, z: torch.Tensor, J: torch.Tensor) -> torch.Tensor:
     """The pulled-back FS metric of each factor with t_i = 1, g_i = J G_i J^H: [N, D], [N, d, D] -> [m, N, d, d]
     (so that the pulled-back metric of J = sum t_i J_i is sum_i t_i g_i)."""
-    G = fs_metric(surface.with_kahler((1.0,) * len(surface.dims)), z)
+    G = fs_metric(surface, z, kahler=(1.0,) * len(surface.dims))
     f = surface.factor_of.to(z.device)
     return torch.stack([pull_back(J * (f == i).to(J.dtype), G) for i in range(len(surface.dims))])

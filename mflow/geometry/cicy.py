@@ -301,8 +301,8 @@ class Polynomials:
     factors the polynomials are a dense coefficient tensor over them, C [outputs, S_1, ..., S_m], contracted factor
     by factor (a matrix product, then products and sums):
         f_o(z) = sum_{s_1..s_m} C[o, s_1, ..., s_m] prod_i m_i[s_i](z);
-    when that tensor would be much larger than the list of distinct monomials (many factors: the tetraquadric),
-    the monomials u_s = prod_i m_i[s_i] are gathered instead and f = C' u, C' [outputs, U]."""
+    when that tensor would be much larger than the list of distinct monomials (many factors: the tetraquadric's
+    derivatives), the monomials u_s = prod_i m_i[s_i] are gathered instead and f = C' u, C' [outputs, U]."""
 
     def __init__(self, X: CompleteIntersection, exponents: torch.Tensor, coefficients: torch.Tensor):
         exponents, inverse = torch.unique(exponents, dim=0, return_inverse=True)  # [U, D]

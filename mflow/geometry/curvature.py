@@ -1,7 +1,7 @@
 """Ricci form, Ricci scalar and Ricci measure of any Kaehler metric (eq. B.3).
 
 A metric is given as a function ``metric_fn(z, patch, elim) -> g`` of homogeneous points
-z [N, n+1] (complex, z_patch = 1) in fixed charts, returning g_ab [N, n-1, n-1] in the chart's
+z [N, D] (complex, scaled to their charts) in fixed charts, returning g_ab [N, d, d] in the chart's
 local coordinates. Holomorphic derivatives along X are taken along the tangent plane
 z(x) = z_0 + x^a J_a(z_0): for any smooth F on a neighbourhood of X,
 d_a dbar_b (F|_X) = J_aI J*_bJ d_I dbar_J F = d_a dbar_b F(z(x)) at x = 0, since the

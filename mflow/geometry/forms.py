@@ -6,9 +6,9 @@ a loss is its dual. Under a change of chart at the same point, with T_ab = dx^fr
     forms      g_to = T g_from T^H,        gradients  G_to = T^-H G_from T^-1,
 
 so that the pairing Re tr(G^H dg) (the first-order change of the loss) is chart-independent.
-The ambient frame F = J conj(P) / (|z| sqrt(pi)) (P = 1 - u u^H the horizontal projector) lifts the
-chart's coordinate vectors to C^{n+1}: F F^H = g_FS, and F^H G F, F H F^H move between chart and
-ambient (n+1)x(n+1) Hermitian forms without any chart Jacobian.
+The ambient frame F = J conj(P) / (|z| sqrt(pi)) (P = 1 - u u^H the horizontal projector; per factor, with
+sqrt(t_i), in a product) lifts the chart's coordinate vectors to C^D: F F^H = g_FS, and F^H G F, F H F^H move
+between chart and ambient D x D Hermitian forms without any chart Jacobian (:func:`ambient_frame`).
 """
 from __future__ import annotations
 
@@ -77,17 +77,24 @@ def ambient_frame(surface, z: torch.Tensor, J: torch.Tensor) -> torch.Tensor:
 
     Rows: the chart's coordinate vectors lifted horizontally to the unit spheres, so F F^H = g_FS (of J = sum t_i J_i).
     For one P^n a change of chart at the same point gives F_to = e^{i phi} T F_from (phase from the rescaling of z),
-    so F^H G F is chart-independent. In a product every factor's rescaling brings its own phase: ambient forms
-    are then those of the points' own charts (their patch scaling), a fixed convention per point.
+    so F^H G F is chart-independent. In a product every factor's rescaling brings its own phase e^{i phi_i}; they are
+    removed by multiplying factor i's columns by conj(<a_i, z_i>) / |<a_i, z_i>| for a fixed generic vector a (the
+    same whatever the chart), which makes F^H G F chart-independent again (tested), except on the measure-zero
+    sets <a_i, z_i> = 0.
     """
     f = surface.factor_of.to(z.device)
     same = (f[:, None] == f[None, :]).to(z.dtype)
-    a2 = z.abs() ** 2
-    r2 = torch.zeros(*z.shape[:-1], len(surface.dims), dtype=a2.dtype, device=z.device).index_add(-1, f, a2)[..., f]
+    r2 = charts.factor_norms_sq(surface, z)[..., f]
     t = torch.tensor(surface.kahler, dtype=torch.float64, device=z.device)[f]
     eye = torch.eye(z.shape[-1], dtype=z.dtype, device=z.device)
     pbar = same * (eye - z.conj()[..., :, None] * z[..., None, :] / r2[..., :, None])
-    return J @ (pbar * torch.sqrt(t / (math.pi * r2))[..., :, None])
+    F = J @ (pbar * torch.sqrt(t / (math.pi * r2))[..., :, None])
+    if len(surface.dims) == 1:
+        return F
+    a = torch.exp(0.7j * torch.arange(z.shape[-1], dtype=torch.float64, device=z.device)).to(z.dtype)  # fixed, generic
+    w = torch.zeros(*z.shape[:-1], len(surface.dims), dtype=z.dtype, device=z.device).index_add(-1, f, a.conj() * z)
+    phase = w / w.abs().clamp_min(1e-300)
+    return F * phase.conj()[..., f][..., None, :]
 
 
 def gradient_to_ambient(F: torch.Tensor, G: torch.Tensor) -> torch.Tensor:

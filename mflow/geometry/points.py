@@ -101,7 +101,7 @@ def points_in_chart(surface: CompleteIntersection, z, dp, patch, elim, check_smo
         surface.check_smooth_at(z, om.rsqrt())
     J = charts.pullback(surface, dp, patch, elim)
     gs = charts.factor_metrics(surface, z, J)  # [m, N, d, d]
-    g_fs = torch.einsum("i,inab->nab", torch.tensor(surface.kahler, dtype=gs.dtype), gs)
+    g_fs = charts.kahler_metric(gs, surface.kahler)
     w = mc_weights(om, *volume.sampling_density(gs, surface))
     return CYPoints(z, patch, elim, J, om, g_fs, w)
 
@@ -112,7 +112,8 @@ def cat_points(parts: list[CYPoints]) -> CYPoints:
 
 
 def sample(surface: CompleteIntersection, n_points: int, seed: int) -> CYPoints:
-    """n_points Shiffman-Zelditch points with their geometry, reproducible from the seed."""
+    """n_points sampled points (mflow.geometry.sampling: Shiffman-Zelditch for one P^n) with their geometry,
+    reproducible from the seed."""
     gen = torch.Generator().manual_seed(seed)
     return cy_points(surface, sample_points(surface, n_points, gen))
 

@@ -111,15 +111,13 @@ def _named(h: CompleteIntersection, name: str) -> CompleteIntersection:
     return CompleteIntersection(h.monomials, h.coefficients, name, {})
 
 
-def surface_from_args(manifold_name: str, psi: float = 0.0, ambient_n: int = 4, surface_seed: int = 0,
+def surface_from_args(manifold_name: str, psi: float | None = None, ambient_n: int = 4, surface_seed: int = 0,
                       kahler=None) -> CompleteIntersection:
-    """The manifold a config names: presets take only the parameters that apply to them; kahler (t per factor,
-    None = all 1) applies to every one."""
+    """The manifold a config names: presets take only the parameters that apply to them (psi None: the preset's own
+    default, 0 for dwork and 0.5 for two_cubics); kahler (t per factor, None = all 1) applies to every one."""
     kw = {} if kahler is None else {"kahler": tuple(kahler)}
-    if manifold_name == "dwork":
-        return manifold("dwork", psi=psi, **kw)
-    if manifold_name == "two_cubics":
-        return manifold("two_cubics", psi=psi, **kw)
+    if psi is not None and manifold_name in ("dwork", "two_cubics"):
+        kw["psi"] = psi
     if manifold_name == "random":
         return manifold("random", n=ambient_n, seed=surface_seed, **kw)
     if manifold_name in ("bicubic", "p1p3", "tetraquadric"):

@@ -113,8 +113,8 @@ def _solve_pair(surface, scheme, a, b) -> torch.Tensor:
     P = surface.intersection_number(tuple(n - k for n, k in zip(surface.dims, scheme)))
     e = [_degree_in(surface, scheme, k, [0]) for k in range(2)]
     if min(e) < 1:
-        raise ValueError(f"{surface.name}: an equation does not involve the first unknown of its sampling scheme; "
-                         "order the factors so that it does")
+        raise ValueError(f"{surface.name}: sampling scheme {scheme} leaves an equation without the first unknown; "
+                         "sampling this configuration is not supported: load its points from a file (--data.path)")
 
     def coeffs_in_s(t):  # t [L, T] -> [L, T, 2, max(e)+1] coefficients in s of f_k(., t)
         base = a[:, None, :] + t[..., None] * b[1][:, None, :]  # [L, T, D]

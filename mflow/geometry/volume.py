@@ -20,7 +20,7 @@ def log_det(g: torch.Tensor) -> torch.Tensor:
 def mc_weights(omega_sq: torch.Tensor, density: torch.Tensor, count: float) -> torch.Tensor:
     """w = count |Omega|^2 / density: [N], [N] -> [N].
 
-    density is the sampled points' density prod_i J_i^{a_i} in the chart (:func:`mixed_discriminant`; det g_FS
+    density is the sampled points' density prod_i J_i^{a_i} in the chart (:func:`mixed_discriminants`; det g_FS
     for one P^n) and count its integral over X (the intersection number: 5 for the quintic), so w reweights the
     points to the CY volume form with cymetric's normalisation: the Monte-Carlo volume of J^d,
     mean(w det g / |Omega|^2), is int_X J^d (the intersection number for one P^n).
@@ -60,7 +60,7 @@ def moduli_polynomial(gs: torch.Tensor, weights: torch.Tensor, omega_sq: torch.T
 
     m, d = gs.shape[0], gs.shape[-1]
     powers = list(compositions(d, m))
-    D = mixed_discriminants(gs, powers) if m > 1 else real_det(gs[0])[None]
+    D = mixed_discriminants(gs, powers)
     mass = (weights * D / omega_sq).sum(-1) / weights.sum()
     return {a: float(c) * math.factorial(d) / math.prod(math.factorial(x) for x in a) for a, c in zip(powers, mass)}
 

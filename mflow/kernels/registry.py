@@ -21,7 +21,8 @@ ON_SPACE = ("gaussian", "delta")  # kernels of the distance on X: built with spa
 def scale_function(surface, h: str, power: float):
     """h(x) for the rescaling trick (eq. 2.15-2.16) by name, on points of ``surface`` (z [N, n+1] or CYPoints):
     'det_g_fs': det g_FS(x)^power in the point's chart (eq. 2.28 takes power -1/4: the volume factor);
-    'weight': w(x)^power, w = deg |Omega|^2 / det g_FS (chart-independent, the CY-to-FS volume ratio)."""
+    'weight': w(x)^power, w the MC weight (|Omega|^2 over the sampling density: chart-independent, the CY volume
+    over the sampled one; deg |Omega|^2 / det g_FS for one P^n)."""
     if h not in H_FUNCTIONS:
         raise ValueError(f"unknown scale function h={h!r}; choose one of {H_FUNCTIONS}")
     power = float(power)

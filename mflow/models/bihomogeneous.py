@@ -15,7 +15,9 @@ Kaehler and in the class of the FS form by construction, like the phifs head. ML
 ("k = 4": two square layers of widths 70 and 100) is this with depth 2.
 
 In a product of projective spaces u holds every factor's invariant features: Q is then a positive polynomial in
-all of them, phi still a function on the ambient space, and g = g_FS + d dbar phi stays in the class of J.
+all of them (not of one degree in each factor's z: the statements about |z|^(2D) above are one P^n's), phi still
+a function on the ambient space, and g = g_FS + d dbar phi stays in the class of J; the diagonal features sum to
+m (one per factor) instead of 1.
 
 Initialisation: W_1 reads the diagonal features (sum_i |z_i|^2 / |z|^2 = 1), W_l is the identity, each plus
 Gaussian noise of size `noise`, so Q is nearly constant and g starts near g_FS (positive definite).

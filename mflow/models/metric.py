@@ -1,7 +1,7 @@
 """Metric models: a network plus a head that turns its outputs into g_ab on X (REFERENCE.md section 2).
 
-Every model is a metric function ``model(z, patch, elim) -> g [N, n-1, n-1]`` of homogeneous
-points z [N, n+1] (z_patch = 1) in fixed charts, differentiable in z, so curvature and the
+Every model is a metric function ``model(z, patch, elim) -> g [N, d, d]`` of homogeneous
+points z [N, D] (scaled to their charts) in fixed charts, differentiable in z, so curvature and the
 Kaehler, transition and Ricci losses apply to any head. The pullback J(z) is recomputed from
 z (so derivatives along X see it change), never read from a cache.
 """
@@ -50,7 +50,7 @@ def cholesky_metric(v: torch.Tensor, m: int) -> torch.Tensor:
 
 
 class MetricModel(nn.Module):
-    """g = head(network(features(z))) on a hypersurface X.
+    """g = head(network(features(z))) on a CY manifold X (mflow.geometry.cicy; optionally of its moduli t too).
 
     head: free (g = L L^dagger from the net, PD by construction), addfs (g_FS + herm(NN)),
     multfs (g_FS * (1 + herm(NN)) elementwise), matrixfs (g_FS + (g_FS H + H g_FS) / 2),
@@ -178,7 +178,7 @@ class MetricModel(nn.Module):
                 g_fs = charts.pull_back(J, charts.fs_metric(self.surface, z))
             else:
                 gs = charts.factor_metrics(self.surface, z, J)
-                g_fs = torch.einsum("ni,inab->nab", self._moduli(kahler, len(z), z.device).to(gs.dtype), gs)
+                g_fs = charts.kahler_metric(gs, self._moduli(kahler, len(z), z.device))
         if self.head in POTENTIAL_HEADS:
             return g_fs + self.ddbar_phi(z, J, kahler)
         v = self.network(z, kahler)
