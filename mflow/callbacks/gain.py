@@ -10,7 +10,6 @@ from lightning.pytorch.utilities import rank_zero_warn
 from mflow.data.datamodule import SPLITS
 
 
-
 class SigmaGain(L.Callback):
     """Logs sigma and the gain sigma(initial metric) / sigma(current metric) on train / val / test at every
     validation end (``gain/<split>``, ``sigma/<split>``).

@@ -24,7 +24,6 @@ from .checkpoint import CHECKPOINT_FORMAT, CheckpointError, check_manifold, inst
 from .measures import SigmaMeasure
 
 
-
 def datamodule_of(module: L.LightningModule):
     """The trainer's datamodule (None outside a Trainer), refused if its manifold is not the module's."""
     dm = getattr(module.trainer, "datamodule", None) if module._trainer is not None else None

@@ -8,7 +8,8 @@ Three ways (``chart_mode`` of mflow.flows.kernel.FrozenKernelFlow):
   D x D form A whose components (in an orthonormal basis of Hermitian matrices) are independent
   networks of scalar kernel k (mflow.geometry.forms: F F^H = g_FS). Then
   dg(x) = -lr F(x) [sum_x' k(x, x') F(x')^H G(x') F(x')] F(x)^H: chart-independent and exact (in a product too:
-  mflow.geometry.forms.ambient_frame fixes every factor's phase), one kernel product on D^2 complex components, no Jacobians between far-apart points. At x = x' the deltas
+  mflow.geometry.forms.ambient_frame fixes every factor's phase), one kernel product on D^2 complex components,
+  no Jacobians between far-apart points. At x = x' the deltas
   become the FS metric: dg = -lr k g_FS G g_FS, the covariant form of delta_ik delta_jl.
 * ``"transform"``: the paper's component-wise delta_ik delta_jl, with every correction expressed in the
   chart of the receiving point x. Transport rule: the paper's update at x' is the metric correction
