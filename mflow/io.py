@@ -84,3 +84,13 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     for p in stale:
         p.unlink(missing_ok=True)
     return stale
+
+
+def write_study(out, name: str, data: dict, text: str, fig) -> None:
+    """A study's results, each atomically: <out>/<name>.json (data), .md (the table text), .png (the figure);
+    the table is printed too."""
+    out = Path(out)
+    write_json(out / f"{name}.json", data)
+    atomic_write(out / f"{name}.md", lambda tmp: Path(tmp).write_text(text))
+    write_png(out / f"{name}.png", fig, dpi=100)
+    print(text)

@@ -41,7 +41,7 @@ from mflow.data.pointset import sample_pointset  # noqa: E402
 from mflow.flows import FrozenKernelFlow, NetworkFlow  # noqa: E402
 from mflow.flows.checkpoint import read_checkpoint  # noqa: E402
 from mflow.geometry.forms import dual_components  # noqa: E402
-from mflow.io import atomic_write, pyplot, write_json, write_png  # noqa: E402
+from mflow.io import pyplot, write_json, write_study  # noqa: E402
 from mflow.kernels.network import NetworkNTK  # noqa: E402
 from mflow.ntk import cka, metric_ntk, ntk_vp, relative_change  # noqa: E402
 
@@ -222,11 +222,7 @@ def main(argv=None) -> dict:
             print(f"[after kernel] {name}, epoch {e}: network {row['network_test_gain']:.3g}, "
                   f"frozen kernel {row['after_kernel']['test_gain']:.3g}", flush=True)
         res[name] = rows
-    write_json(out / "after_kernel.json", {"config": c, "networks": res})
-    text = table(res)
-    atomic_write(out / "after_kernel.md", lambda tmp: Path(tmp).write_text(text))
-    write_png(out / "after_kernel.png", figure(res), dpi=100)
-    print(text)
+    write_study(out, "after_kernel", {"config": c, "networks": res}, table(res), figure(res))
     return res
 
 

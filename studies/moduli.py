@@ -29,7 +29,7 @@ from mflow.flows import NetworkFlow  # noqa: E402
 from mflow.flows.checkpoint import read_checkpoint  # noqa: E402
 from mflow.geometry import charts, curvature, volume  # noqa: E402
 from mflow.geometry.points import CYPoints, sample  # noqa: E402
-from mflow.io import atomic_write, pyplot, write_json, write_png  # noqa: E402
+from mflow.io import pyplot, write_study  # noqa: E402
 
 TEST_SEED = 7_654_321
 
@@ -132,11 +132,7 @@ def main(argv=None) -> dict:
             res["networks"][name].append(measure(model, pts, t, c["ricci_points"]))
         print(f"[moduli] t2={t2:g}: sigma FS {res['fs'][-1]['sigma']:.4f}, " + ", ".join(
             f"{n} {res['networks'][n][-1]['sigma']:.4f}" for n in models), flush=True)
-    write_json(out / "moduli.json", res)
-    text = table(res)
-    atomic_write(out / "moduli.md", lambda tmp: Path(tmp).write_text(text))
-    write_png(out / "moduli.png", figure(res), dpi=100)
-    print(text)
+    write_study(out, "moduli", res, table(res), figure(res))
     return res
 
 

@@ -42,7 +42,7 @@ from mflow.evaluation.scaling import PAPER_FIT, distance_scaling  # noqa: E402
 from mflow.geometry import volume  # noqa: E402
 from mflow.geometry.distance import NearestIndex  # noqa: E402
 from mflow.geometry.presets import manifold  # noqa: E402
-from mflow.io import atomic_write, pyplot, write_json, write_png  # noqa: E402
+from mflow.io import pyplot, write_json, write_study  # noqa: E402
 
 PAPER = {"train_gain": "~1e6 (Gaussian, Delta), ~5 (ReLU)", "test_gain": "~5 at 1e3 and 1e5 points",
          "gain_at_distance_1": "~1"}
@@ -255,11 +255,8 @@ def main(argv=None) -> dict:
             write_json(path, {"rows": local_bound(pop, cfg["sizes"], cfg.get("local_test_points", 5000))})
         bounds[pop] = json.loads(path.read_text())["rows"]
     result = {"config": cfg, "paper": PAPER, "runs": rows, "scaling": scaling, "local_bound": bounds}
-    write_json(out / "paper_kernels.json", result)
-    text = tables(rows, scaling, bounds)
-    atomic_write(out / "paper_kernels.md", lambda tmp: Path(tmp).write_text(text))
-    write_png(out / "paper_kernels.png", figure(rows, scaling, bounds, min(cfg["sizes"])), dpi=100)
-    print(text)
+    write_study(out, "paper_kernels", result, tables(rows, scaling, bounds),
+                figure(rows, scaling, bounds, min(cfg["sizes"])))
     return result
 
 

@@ -122,3 +122,19 @@ def test_paper_kernel_study_runs_and_resumes(tmp_path, monkeypatch):
     assert "| paper | one_chart | delta" in (tmp_path / "pk" / "paper_kernels.md").read_text()
     monkeypatch.setattr(paper_kernels.subprocess, "run", lambda *a, **k: pytest.fail("a finished run was rerun"))
     assert paper_kernels.main(["--config", str(cfg), "--out", str(tmp_path / "pk")])["runs"] == res["runs"]
+
+
+def test_moduli_study_runs_on_its_config_and_does_not_retrain(tmp_path, monkeypatch):
+    """conf/studies/moduli.yaml with a tiny budget: the family and one separate network, measured at two t."""
+    from studies import moduli
+
+    args = ["--out", str(tmp_path / "m"), "--set", "args=[--trainer.max_epochs=1, --data.n_points=400, --model.width=8]",
+            "single_t2=[1.0]", "grid_t2=[0.5, 1.0]", "test_points=200", "ricci_points=10"]
+    res = moduli.main(args)
+    assert set(res["networks"]) == {"family", "single t2=1"} and len(res["fs"]) == 2
+    for rows in res["networks"].values():
+        assert all(0 < r["sigma"] < 1 and r["ricci_points"] > 0 for r in rows)
+    assert res["fs"][0]["sigma"] != res["fs"][1]["sigma"]  # g_FS changes with t, the points do not
+    assert (tmp_path / "m" / "moduli.png").stat().st_size > 1000
+    monkeypatch.setattr(moduli.subprocess, "run", lambda *a, **k: pytest.fail("a finished network was retrained"))
+    moduli.main(args)
