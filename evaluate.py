@@ -1,10 +1,7 @@
-"""Evaluate trained metric flows: `python evaluate.py --ckpt PATH [PATH ...] [--out DIR] [--n-test N] [--seed S]
-[--noise-levels V ...] [--distances D ...] [--mode gaussian|manifold|both] [--ricci-points K] [--scaling]
-[--target-gain G ...]` (all options: --help; the logic is mflow.evaluation)."""
-import sys
-
-from mflow.cli.errors import run
-from mflow.evaluation.cli import main
+"""Evaluate trained metric flows: `python evaluate.py --ckpt_path PATH [PATH ...] [--out_dir DIR] [--n_test N]
+[--seed S] [--noise_levels V ...] [--distances D ...] [--mode gaussian|manifold|both] [--ricci_points K] [--scaling]
+[--target_gain G ...]` (all options: --help; the logic is mflow.evaluation)."""
+from mflow.cli.console import evaluate
 
 if __name__ == "__main__":
-    sys.exit(run(main, "evaluate.py"))
+    evaluate()  # the same as the installed command mflow-evaluate

@@ -8,7 +8,6 @@ a random half of the points vs the full clustering restricted to that half), the
 clusters; random labels give about the overall mean distance) and wall times (2 threads).
 usage: python bench/bench_clustering.py [--points 1000] [--clusters 10] [--batches 5] [--seeds 0 1 2]
 """
-import argparse
 import json
 import math
 import os
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from mflow.cli.options import Parser
 from mflow.geometry.distance import fs_distance_matrix
 from mflow.geometry.presets import manifold
 from mflow.geometry.points import sample
@@ -39,7 +39,7 @@ def timed(f, *a, **k):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser()
+    p = Parser()
     p.add_argument("--points", type=int, default=1000)
     p.add_argument("--clusters", type=int, default=10)
     p.add_argument("--batches", type=int, default=5)

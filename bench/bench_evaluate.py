@@ -10,11 +10,10 @@ start-up and imports excluded; they are recorded apart).
 Wall times are only meaningful on an otherwise idle machine: loadavg at start and end and the CPU seconds
 are recorded beside them.
 
-Usage: python bench/bench_evaluate.py [--ckpt PATH] [--n-test 100000] [--threads 2] [--out bench/results/evaluate.json]
+Usage: python bench/bench_evaluate.py [--ckpt_path PATH] [--n_test 100000] [--num_threads 2] [--out bench/results/evaluate.json]
 """
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import sys
@@ -28,6 +27,7 @@ import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from mflow.cli.options import Parser  # noqa: E402
 from mflow import evaluation  # noqa: E402
 from mflow.io import write_json  # noqa: E402
 
@@ -38,23 +38,23 @@ TARGET_SECONDS = 60.0
 def tiny_checkpoint(d: Path) -> Path:
     from mflow.cli.train import main
 
-    main([f"--run_dir={d / 'run'}", f"--data.cache_dir={d / 'data'}", "--data.n_points=2000", "--wandb=disabled",
+    main([f"--run_dir={d / 'run'}", f"--data.cache_dir={d / 'data'}", "--data.n_points=2000", "--wandb=off",
           "--trainer.max_epochs=2", "--model.width=32", "--test=false", "--trainer.enable_progress_bar=false"])
     return d / "run" / "checkpoints" / "last.ckpt"
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--ckpt", default=None)
-    ap.add_argument("--n-test", type=int, default=100_000)
-    ap.add_argument("--threads", type=int, default=2)
+    ap = Parser()
+    ap.add_argument("--ckpt_path", default=None)
+    ap.add_argument("--n_test", type=int, default=100_000)
+    ap.add_argument("--num_threads", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "evaluate.json"))
     a = ap.parse_args()
-    torch.set_num_threads(a.threads)
+    torch.set_num_threads(a.num_threads)
     imports = time.perf_counter() - T_START
     load0 = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = Path(a.ckpt) if a.ckpt else (BEST if BEST.exists() else tiny_checkpoint(Path(tmp)))
+        ckpt = Path(a.ckpt_path) if a.ckpt_path else (BEST if BEST.exists() else tiny_checkpoint(Path(tmp)))
         t, c = time.perf_counter(), time.process_time()
         rep, _ = evaluation.evaluate([ckpt], Path(tmp) / "eval", n_test=a.n_test, device="auto")
         secs, cpu = time.perf_counter() - t, time.process_time() - c
@@ -65,7 +65,7 @@ def main() -> None:
         for mode in ("gaussian", "manifold")
     }
     result = {
-        "checkpoint": str(ckpt), "label": r["label"], "torch": torch.__version__, "threads": a.threads,
+        "checkpoint": str(ckpt), "label": r["label"], "torch": torch.__version__, "threads": a.num_threads,
         "machine": platform.machine(), "cpu_count": os.cpu_count(), "device": r["device"],
         "loadavg_at_start": load0, "n_test": r["test"]["n"], "n_train": r["train"]["n"],
         "settings": rep["settings"],

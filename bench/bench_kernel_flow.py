@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from mflow.cli.options import Parser
 from mflow.evaluation.scaling import fit_power_law
 from mflow.io import write_json
 
@@ -79,11 +80,11 @@ def run_child(n: int, precision: str, device: str, check: bool) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = Parser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 30_000, 100_000])
     ap.add_argument("--precision", nargs="+", default=["float64", "float32"], choices=("float64", "float32"))
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--check-max", type=int, default=30_000, help="largest N whose float32 update is checked against float64")
+    ap.add_argument("--check_max", type=int, default=30_000, help="largest N whose float32 update is checked against float64")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(OUT))
     a = ap.parse_args()

@@ -7,10 +7,10 @@ start-up) and a second (warm) call, peak resident memory of the process (ru_maxr
 over the peak before the first call; then the max abs difference between the kernels (every pair)
 and the symmetry error (max_rel_diff: relative to the kernel's largest entry; out_scale = 0.01 makes
 the kernel small, about 1e-5). Targets: warm <= 2 s, peak increase <= 1 GB, agreement <= 1e-10 (float64).
-Each thread count given is a separate set of runs (``--threads 2 1``: 2 threads, as the project's
+Each thread count given is a separate set of runs (``--num_threads 2 1``: 2 threads, as the project's
 default machine, and 1 thread, which is faster on a loaded 2-core machine: small ops stop waiting
 for a busy second core); the targets are checked on the best.
-usage: python bench/bench_ntk.py [--points 256] [--width 64] [--depth 3] [--kind full] [--threads 2 1]
+usage: python bench/bench_ntk.py [--points 256] [--width 64] [--depth 3] [--kind full] [--num_threads 2 1]
 """
 import argparse
 import json
@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from mflow.cli.options import Parser
 from mflow.io import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -38,7 +39,7 @@ def _rss() -> int:
 
 def worker(a) -> None:
     """One method in this process: prints a JSON line, saves the kernel to a.out."""
-    torch.set_num_threads(a.threads[0])
+    torch.set_num_threads(a.num_threads[0])
     from mflow import ntk
     from mflow.geometry.presets import manifold
     from mflow.geometry.points import sample
@@ -65,12 +66,12 @@ def worker(a) -> None:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser()
+    ap = Parser()
     ap.add_argument("--points", type=int, default=256)
     ap.add_argument("--width", type=int, default=64)
     ap.add_argument("--depth", type=int, default=3)
     ap.add_argument("--kind", default="full")
-    ap.add_argument("--threads", type=int, nargs="+", default=[2, 1])
+    ap.add_argument("--num_threads", type=int, nargs="+", default=[2, 1])
     ap.add_argument("--method", default=None, help=argparse.SUPPRESS)  # worker mode
     ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -79,12 +80,12 @@ def main(argv=None):
     by_threads, kernels = {}, {}
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
-        for th in a.threads:
+        for th in a.num_threads:
             runs = by_threads[th] = {}
             for method in METHODS:
                 out = Path(tmp) / f"{method}.pt"
                 cmd = [sys.executable, __file__, f"--points={a.points}", f"--width={a.width}", f"--depth={a.depth}",
-                       f"--kind={a.kind}", f"--threads={th}", f"--method={method}", f"--out={out}"]
+                       f"--kind={a.kind}", f"--num_threads={th}", f"--method={method}", f"--out={out}"]
                 res = subprocess.run(cmd, capture_output=True, text=True, check=True)
                 runs[method] = json.loads(res.stdout.strip().splitlines()[-1])
                 kernels[method] = torch.load(out)
@@ -100,7 +101,7 @@ def main(argv=None):
     result = {
         "benchmark": "empirical metric-NTK, 3x64 MultFS (GELU, standard parametrisation), Fermat quintic",
         "kind": a.kind, "points": a.points, "components": 9, "width": a.width, "depth": a.depth,
-        "threads": a.threads, "methods": best, "by_threads": by_threads, "max_abs_diff": diff, "pairwise_max_abs_diff": diffs,
+        "threads": a.num_threads, "methods": best, "by_threads": by_threads, "max_abs_diff": diff, "pairwise_max_abs_diff": diffs,
         "kernel_max_abs": float(Kj.abs().max()), "max_rel_diff": diff / float(Kj.abs().max()),
         "symmetry_error": sym, "targets": TARGETS,
         "meets_targets": {

@@ -9,12 +9,13 @@ z and zbar, 9,200 parameters; the network is composed here from their bihomoNN l
 in the wheel), Adam 1e-2 at batch 1000 for 100 epochs on their weighted_MAPE, then 20 jaxopt.LBFGS iterations
 on their full-dataset loss (tol 1e-7; batches of 2000, the largest size <= their 2048 that divides the train
 set: they pad a last partial batch with z = 0, where log 0 makes loss and gradient NaN). One solver worker.
-mflow: train.py --config C --num_threads=1 --trainer.callbacks=[] (no NTKDrift diagnostics) for each C of --mflow-config (default conf/best.yaml, PhiFS, and
+mflow: train.py --config C --num_threads=1 --trainer.callbacks=[] (no NTKDrift diagnostics) for each C of --mflow_config (default conf/best.yaml, PhiFS, and
 conf/bihomogeneous.yaml, the peer's model family), with a callback measuring sigma after every epoch, then (like the
-peer) 20 iterations of finish.py's full-batch L-BFGS on its last checkpoint (--mflow-finish).
+peer) 20 iterations of finish.py's full-batch L-BFGS on its last checkpoint (--mflow_finish).
 
 Both sides are measured on the SAME 50k test points, sampled by mflow (seed 7654321), with mflow's sigma
-(REFERENCE): r = det g / |Omega|^2 in one chart per point, kappa = sum(w r)/sum(w), sigma = sum w |1 - r/kappa|
+(docs/conventions.md):
+r = det g / |Omega|^2 in one chart per point, kappa = sum(w r)/sum(w), sigma = sum w |1 - r/kappa|
 / sum w, mflow's weights w. The peer child builds its Hypersurface with points= these points (+ autopatch), so
 that MLGeometry computes its own restriction and Omega_Omegabar there, evaluates its metric with
 loss.compute_cy_metric and returns det g / Omega_Omegabar in the original point order (autopatch regroups the
@@ -22,9 +23,9 @@ points by chart: the order is rebuilt from its patches and checked up to project
 weighted_MAPE on its own test set is reported too, and whether the two definitions agree on its metric.
 Elapsed times exclude the benchmark's own evaluations and mflow's validation; sigma at equal wall time is interpolated linearly.
 
-    python bench/bench_peers.py [--quick] [--skip-peer | --skip-mflow] [--epochs N] [--peer-epochs 100]
-        [--mflow-config conf/best.yaml conf/bihomogeneous.yaml] [--mflow-args="--model.precision=float32 --model.compile=true"] [--cpu K]
-(--mflow-args takes its value after "=", as it starts with "--"; --quick writes bench/results/peers-quick.json.)
+    python bench/bench_peers.py [--peer cymetric] [--quick] [--skip_peer | --skip_mflow] [--epochs N] [--peer_epochs 100]
+        [--mflow_config conf/best.yaml conf/bihomogeneous.yaml] [--mflow_args="--model.precision=float32 --model.compile=true"] [--cpu K]
+(--mflow_args takes its value after "=", as it starts with "--"; --quick writes bench/results/peers-quick.json.)
 """
 import argparse
 import json
@@ -44,8 +45,9 @@ os.environ.update(ONE_THREAD)  # before numpy / torch are imported
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from mflow.cli.options import Parser  # noqa: E402
 from mflow.data.pointset import sample_pointset, save_pointset  # noqa: E402
-from mflow.geometry import volume  # noqa: E402
+from mflow.geometry.montecarlo import sigma_error  # noqa: E402
 from mflow.geometry.presets import manifold  # noqa: E402
 from mflow.io import write_json  # noqa: E402
 
@@ -262,12 +264,11 @@ def ensure_peer_venv() -> Path:
     return py
 
 
-def sigma_with_se(w, r):
-    """mflow's sigma (kappa of r itself, weights w) and its Monte-Carlo standard error (ratio estimator)."""
+def sigma_with_se(w, r, system=None):
+    """mflow's sigma (kappa of r itself, weights w) and its Monte-Carlo standard error (kappa's own error included,
+    the points of a sampling system counted together: mflow.geometry.montecarlo.sigma_error)."""
     w, r = torch.as_tensor(w, dtype=torch.float64), torch.as_tensor(r, dtype=torch.float64)
-    s = float(volume.sigma(w, r, torch.ones_like(r)))
-    a = (1 - r / volume.kappa(w, r, torch.ones_like(r))).abs()
-    return s, float(((w * (a - s)) ** 2).sum().sqrt() / w.sum())
+    return sigma_error(w, r, torch.ones_like(r), system)
 
 
 def at_time(series, t):
@@ -286,7 +287,7 @@ def peer_side(args, test, work):
     arrays = np.load(work / "peer.npz")
     w = test.weights.numpy()
     for e, r in zip(out["evals"], arrays["r"]):
-        e["sigma"], e["sigma_se"] = sigma_with_se(w, r)
+        e["sigma"], e["sigma_se"] = sigma_with_se(w, r, test.system)
         e["not_pd_det"] = int((r <= 0).sum())
     last, gen = out["evals"][-1], out["generation"]
     ratio = arrays["mass"] / w
@@ -311,7 +312,7 @@ def peer_side(args, test, work):
 
 def mflow_side(args, config, test_file, work):
     run_dir = work / f"mflow-run-{Path(config).stem}"
-    argv = ["--config", config, "--num_threads=1", "--wandb=disabled", f"--run_dir={run_dir}",
+    argv = ["--config", config, "--num_threads=1", "--wandb=off", f"--run_dir={run_dir}",
             "--trainer.enable_progress_bar=false", "--trainer.callbacks=[]", *shlex.split(args.mflow_args)]
     argv += [f"--trainer.max_epochs={args.epochs}"] if args.epochs else []
     argv += ["--data.n_points=2000"] if args.quick else []
@@ -324,7 +325,8 @@ def mflow_side(args, config, test_file, work):
     out.update(command="train.py " + " ".join(argv), wall=wall, process_cpu=cpu, seconds_per_epoch=s.get("seconds_per_epoch"),
                final={"sigma": series[-1]["sigma"], "cpu": series[-1]["cpu"], "own_test_sigma": s["sigma_final"]["test"],
                       "before_finish": [p for p in series if p["epoch"] != "finish"][-1]["sigma"]},
-               series=[{"elapsed": p["elapsed"], "sigma": p["sigma"], "not_pd": p["not_pd"], "epoch": p["epoch"]} for p in series],
+               series=[{"elapsed": p["elapsed"], "cpu": p["cpu"], "sigma": p["sigma"], "not_pd": p["not_pd"], "epoch": p["epoch"]}
+                       for p in series],
                epochs=sum(p["epoch"] != "finish" for p in series) - 1)
     return out
 
@@ -361,20 +363,28 @@ def table(result):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mflow-config", nargs="+", default=["conf/best.yaml", "conf/bihomogeneous.yaml"])
-    ap.add_argument("--mflow-args", default="", help="extra train.py arguments, one string")
+    ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--peer", choices=("mlgeometry", "cymetric"), default="mlgeometry",
+                    help="mlgeometry: the quintic (this file); cymetric: the bicubic (bench/peer_cymetric.py)")
+    ap.add_argument("--mflow_config", nargs="+", default=None,
+                    help="default conf/best.yaml conf/bihomogeneous.yaml (cymetric: conf/bicubic.yaml)")
+    ap.add_argument("--mflow_args", default="", help="extra train.py arguments, one string")
     ap.add_argument("--epochs", type=int, default=None, help="mflow epochs (default: the config's)")
-    ap.add_argument("--peer-epochs", type=int, default=100)
-    ap.add_argument("--mflow-finish", type=int, default=20, help="L-BFGS iterations of finish.py after each mflow run (0: none)")
-    ap.add_argument("--lbfgs-iters", type=int, default=20)
-    ap.add_argument("--skip-peer", action="store_true")
-    ap.add_argument("--skip-mflow", action="store_true")
-    ap.add_argument("--reuse-peer", default=None, help="take the peer's side from an earlier peers.json (same test points)")
+    ap.add_argument("--peer_epochs", type=int, default=None, help="default 100 (cymetric: 50, its notebook's)")
+    ap.add_argument("--mflow_finish", type=int, default=20, help="L-BFGS iterations of finish.py after each mflow run (0: none)")
+    ap.add_argument("--lbfgs_iters", type=int, default=20)
+    ap.add_argument("--skip_peer", action="store_true")
+    ap.add_argument("--skip_mflow", action="store_true")
+    ap.add_argument("--reuse_peer", default=None, help="take the peer's side from an earlier peers.json (same test points)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 2k points, 2 epochs a side, 2 L-BFGS iterations")
     ap.add_argument("--cpu", type=int, default=None, help="pin both children to this core with taskset")
     ap.add_argument("--out", default=None, help="default bench/results/peers.json (peers-quick.json with --quick)")
     args = ap.parse_args()
+    if args.peer == "cymetric":
+        from peer_cymetric import main as cymetric_main
+        return cymetric_main(args)
+    args.mflow_config = args.mflow_config or ["conf/best.yaml", "conf/bihomogeneous.yaml"]
+    args.peer_epochs = args.peer_epochs or 100
     n_test, n_speed, args.n_pairs, args.eval_every = 50_000, 100_000, 10_000, 10
     if args.quick:
         n_test, n_speed, args.n_pairs, args.eval_every = 2_000, 5_000, 400, 1

@@ -3,7 +3,7 @@
 
 - seconds for 100k points with weights and pullbacks (best of 3 after a warm-up; target <= 1 s);
 - seconds and peak RSS for 1M points (chunked sampling, measured in a child process);
-- kappa and sigma of the FS metric for 3 seeds at 100k (REFERENCE.md section 5: kappa 0.01764, sigma 0.372-0.375,
+- kappa and sigma of the FS metric for 3 seeds at 100k (docs/conventions.md section 5: kappa 0.01764, sigma 0.372-0.375,
   checked for the quintic); the MC volume of J^d against the intersection numbers at t = 1 and t = (1, 2, ...);
 - max relative residual |p| at the points;
 - nearest-neighbour FS distance (eq. 3.2) min / mean / max for N = 1e3 .. 1e5, with a least-squares fit
@@ -12,7 +12,7 @@
 Wall times are only meaningful on an otherwise idle machine: loadavg_at_start/end are recorded, and
 cpu_seconds (all threads) are given beside them.
 
-Usage: python bench/bench_sampling.py [--manifold fermat_quintic] [--threads 2] [--out ...]
+Usage: python bench/bench_sampling.py [--manifold fermat_quintic] [--num_threads 2] [--out ...]
 """
 from __future__ import annotations
 
@@ -29,11 +29,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mflow.cli.options import Parser
 from mflow.data.pointset import DEFAULT_CHUNK, sample_pointset
 from mflow.evaluation import fit_power_law
 from mflow.geometry.distance import nearest_neighbours
 from mflow.geometry.presets import manifold
 from mflow.geometry.points import cy_points, sample
+from mflow.geometry.montecarlo import weighted_mean_error
 from mflow.geometry.volume import kappa, real_det, sigma
 
 KAPPA_REF, SIGMA_REF = 0.01764, 0.372
@@ -71,20 +73,20 @@ def _manifold(name: str):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=2)
+    ap = Parser(description=__doc__.splitlines()[0])
+    ap.add_argument("--num_threads", type=int, default=2)
     ap.add_argument("--manifold", default="fermat_quintic")
     ap.add_argument("--out", default=None, help="default bench/results/sampling.json (quintic), sampling-<manifold>.json")
-    ap.add_argument("--skip-nn", action="store_true",
+    ap.add_argument("--skip_nn", action="store_true",
                     help="only the timings / kappa / sigma; keep the nearest-neighbour part of an existing --out file")
-    ap.add_argument("--one-million-child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--one_million_child", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one_million_child:
-        print(json.dumps(one_million(a.threads, a.manifold)))
+        print(json.dumps(one_million(a.num_threads, a.manifold)))
         return
     quintic = a.manifold == "fermat_quintic"
     a.out = a.out or str(Path(__file__).parent / "results" / ("sampling.json" if quintic else f"sampling-{a.manifold}.json"))
-    torch.set_num_threads(a.threads)
+    torch.set_num_threads(a.num_threads)
     s = _manifold(a.manifold)
     out: dict = {
         "manifold": a.manifold,
@@ -92,7 +94,7 @@ def main() -> None:
         "configuration": s.configuration,
         "sampling_schemes": s.sampling_schemes,
         "torch": torch.__version__,
-        "threads": a.threads,
+        "threads": a.num_threads,
         "machine": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "loadavg_at_start": os.getloadavg(),
@@ -131,14 +133,14 @@ def main() -> None:
     for t in [(1.0,) * len(s.dims), tuple(1.0 + i for i in range(len(s.dims)))]:
         Y = s.with_kahler(t)
         v = P.weights * real_det(cy_points(Y, P.z, drop_ties=False).g_fs) / P.omega_sq
-        out["mc_volume_100k"].append({"kahler": t, "mc": float(v.mean()), "mc_std_error": float(v.std() / len(v) ** 0.5),
-                                      "intersection_numbers": Y.volume()})
-        print(f"MC volume at t = {t}: {float(v.mean()):.4f} +- {float(v.std() / len(v) ** 0.5):.4f}, exact {Y.volume():g}")
+        mc, se = weighted_mean_error(v, system=P.system)  # points of a sampling system counted together
+        out["mc_volume_100k"].append({"kahler": t, "mc": mc, "mc_std_error": se, "intersection_numbers": Y.volume()})
+        print(f"MC volume at t = {t}: {mc:.4f} +- {se:.4f}, exact {Y.volume():g}")
     out["max_relative_residual"] = max(residuals)
 
     # ---- 1M in a child process (peak RSS of that job only)
     print("1M points (child process) ...", flush=True)
-    r = subprocess.run([sys.executable, __file__, "--one-million-child", "--threads", str(a.threads), "--manifold", a.manifold],
+    r = subprocess.run([sys.executable, __file__, "--one_million_child", "--num_threads", str(a.num_threads), "--manifold", a.manifold],
                        capture_output=True, text=True, check=True)
     out["sample_1m"] = json.loads(r.stdout.strip().splitlines()[-1])
     out["sample_1m"]["peak_rss_mb_getrusage_children"] = _peak_rss_mb(resource.RUSAGE_CHILDREN)

@@ -4,7 +4,6 @@ evaluation, at 1 and at all cores. Writes bench/results/threads.json.
 
     python bench/bench_threads.py [--points 100000]
 """
-import argparse
 import json
 import os
 import subprocess
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from mflow.cli.options import Parser
 from mflow.io import write_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,7 +24,7 @@ OUT = ROOT / "bench" / "results"
 def train(config: str, threads: int, run: Path, *extra) -> dict:
     t = time.perf_counter()
     subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "conf" / config), f"--run_dir={run}",
-                    f"--num_threads={threads}", "--wandb=disabled", "--trainer.callbacks=[]", "--test=false", *extra],
+                    f"--num_threads={threads}", "--wandb=off", "--trainer.callbacks=[]", "--test=false", *extra],
                    check=True, capture_output=True, cwd=ROOT)
     s = json.loads((run / "summary.json").read_text())
     return {"seconds_per_epoch": s["seconds_per_epoch"], "wall_seconds": time.perf_counter() - t,
@@ -32,7 +32,7 @@ def train(config: str, threads: int, run: Path, *extra) -> dict:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__)
+    p = Parser(description=__doc__)
     p.add_argument("--points", type=int, default=100_000)
     a = p.parse_args(argv)
     cores = os.cpu_count() or 1
@@ -53,8 +53,8 @@ def main(argv=None):
         ev = {}
         for n in counts:
             t = time.perf_counter()
-            subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--ckpt", str(ckpt), "--out", str(Path(tmp) / f"ev{n}"),
-                            "--threads", str(n), "--quiet"], check=True, capture_output=True, cwd=ROOT)
+            subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--ckpt_path", str(ckpt), "--out_dir", str(Path(tmp) / f"ev{n}"),
+                            "--num_threads", str(n), "--quiet"], check=True, capture_output=True, cwd=ROOT)
             ev[str(n)] = {"wall_seconds": time.perf_counter() - t}
         res["jobs"]["evaluate.py (10k test points, noise levels, Ricci)"] = ev
         print("evaluate", {n: round(v["wall_seconds"], 1) for n, v in ev.items()}, flush=True)

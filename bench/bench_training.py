@@ -1,12 +1,12 @@
 """Training benchmark (issue "Speed"): seconds per epoch of every head at several batch sizes, the network precision
 and compile variants, start-up overhead, and test sigma against wall time. Writes bench/results/training[-<part>].json.
 
-    python bench/bench_training.py speed   [--points 100000] [--batch-sizes 64 128 256 1024] [--heads ...] [--epochs 2]
+    python bench/bench_training.py speed   [--points 100000] [--batch_sizes 64 128 256 1024] [--heads ...] [--epochs 2]
     python bench/bench_training.py variants [--points 100000] [--epochs 3]
     python bench/bench_training.py startup
     python bench/bench_training.py drift [--points 100000] [--epochs 3]
-    python bench/bench_training.py quality [--minutes 15] [--variants best best-long+finish ...] [--finish-iterations 20]
-    common: [--accelerator cpu|gpu] [--threads N] [--out PATH]
+    python bench/bench_training.py quality [--minutes 15] [--variants best best-long+finish ...] [--finish_iterations 20]
+    common: [--accelerator cpu|gpu] [--num_threads N] [--out PATH]
 
 speed: each head in its shipped configuration (HEADS below) but at learning rate 1e-4 (a step's time does not depend
 on it; the shipped MultFS rate leaves the metric non-PD within 2 epochs at batch 256), the NTKDrift callback off,
@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT))
 
+from mflow.cli.options import Parser  # noqa: E402
 from mflow.cli.finish import finish_checkpoint  # noqa: E402
 from mflow.cli.train import main  # noqa: E402
 from mflow.io import write_json  # noqa: E402
@@ -100,7 +101,7 @@ class EpochClock(L.Callback):
 
 def train(args: list[str], run_dir: Path, common: list[str], test_sigma: bool = False, budget: float | None = None):
     clock = EpochClock(test_sigma, budget)
-    trainer = main([*args, f"--run_dir={run_dir}", "--wandb=disabled", "--trainer.enable_progress_bar=false", *common],
+    trainer = main([*args, f"--run_dir={run_dir}", "--wandb=off", "--trainer.enable_progress_bar=false", *common],
                    callbacks=[clock])
     return clock, trainer
 
@@ -143,7 +144,7 @@ def startup(a, common, tmp):
         return time.perf_counter() - t
 
     cache = tmp / "cache"
-    base = [sys.executable, "train.py", "--trainer.max_epochs=0", "--wandb=disabled", f"--data.cache_dir={cache}", *common]
+    base = [sys.executable, "train.py", "--trainer.max_epochs=0", "--wandb=off", f"--data.cache_dir={cache}", *common]
     return {"import_seconds": wall([sys.executable, "-c", "import mflow.cli.train"]),
             "cold_seconds (samples 100k points)": wall([*base, f"--run_dir={tmp / 's1'}"]),
             "warm_seconds (point cache)": wall([*base, f"--run_dir={tmp / 's2'}"])}
@@ -190,22 +191,22 @@ PARTS = {"speed": speed, "variants": variants, "startup": startup, "quality": qu
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("part", choices=sorted(PARTS))
     ap.add_argument("--points", type=int, default=100_000)
     ap.add_argument("--epochs", type=int, default=None, help="speed: 2, variants and drift: 3")
-    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 128, 256, 1024])
+    ap.add_argument("--batch_sizes", type=int, nargs="+", default=[64, 128, 256, 1024])
     ap.add_argument("--heads", nargs="+", default=list(HEADS), choices=list(HEADS))
     ap.add_argument("--variants", nargs="+", default=["best+finish", "best-long+finish", "bihomogeneous-long+finish"],
                     help=f"quality: some of {list(VARIANTS)}, each optionally with +finish")
     ap.add_argument("--minutes", type=int, default=15)
-    ap.add_argument("--finish-iterations", type=int, default=20)
+    ap.add_argument("--finish_iterations", type=int, default=20)
     ap.add_argument("--accelerator", default="cpu")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: train.py's, all cores)")
+    ap.add_argument("--num_threads", type=int, default=None, help="torch threads (default: train.py's, a fair share of the cores)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     a.epochs = a.epochs or {"speed": 2, "variants": 3, "drift": 3}.get(a.part)
-    common = [f"--trainer.accelerator={a.accelerator}"] + ([f"--num_threads={a.threads}"] if a.threads else [])
+    common = [f"--trainer.accelerator={a.accelerator}"] + ([f"--num_threads={a.num_threads}"] if a.num_threads else [])
     unknown = [v for v in a.variants if v.removesuffix("+finish") not in VARIANTS]
     if unknown:
         ap.error(f"--variants {unknown}: choose from {list(VARIANTS)}, each optionally with +finish")
@@ -215,7 +216,7 @@ if __name__ == "__main__":
 
     def save(result, done=False):  # after every entry: an interrupted benchmark keeps what it measured
         meta = {"part": a.part, "args": args, "complete": done, "torch": torch.__version__,
-                "threads": a.threads or torch.get_num_threads(), "cpu_count": os.cpu_count(),
+                "threads": a.num_threads or torch.get_num_threads(), "cpu_count": os.cpu_count(),
                 "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                 "loadavg_end": os.getloadavg(), "bench_seconds": time.perf_counter() - t}
         write_json(path, {"meta": meta, a.part: result})

@@ -33,7 +33,7 @@ EOF
 run() { [ "$PART" = all ] || [ "$PART" = "$1" ]; }
 run tests && { timeout 240 $PY -m pytest -q -m cuda tests/ -p no:cacheprovider 2>&1 | tail -25 | tee "$OUT/cuda_tests.txt" || status=1; }
 
-run speed && { timeout 240 $PY bench/bench_training.py speed --points 1000000 --batch-sizes 4096 --epochs 2 --accelerator gpu \
+run speed && { timeout 240 $PY bench/bench_training.py speed --points 1000000 --batch_sizes 4096 --epochs 2 --accelerator gpu \
   --out "$OUT/training_speed_1M_b4096.json" 2>&1 | grep -E "^\[bench\]|wrote|Error" || status=1; }
 
 run kernel && { timeout 150 $PY bench/bench_kernel_flow.py --sizes 100000 --precision float64 float32 --device cuda \

@@ -32,6 +32,8 @@ import time
 import warnings
 from pathlib import Path
 
+from .choices import CHART_MODES, MANIFOLDS, METRIC_LOSSES, PD_POLICIES, REDUCTIONS
+from .cli.options import Parser, add_num_threads, boolean, set_threads
 
 STATE_VERSION = 1
 FAILED_TARGET = -3.0  # log10 gain given to a trial whose flow broke down (a 1000x loss)
@@ -74,7 +76,7 @@ def _parse_pairs(items: list[str], what: str, ranged: bool) -> dict:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m mflow.bo",
         description="Bayesian optimisation of a frozen kernel's hyperparameters; objective: log10 of the "
         "validation sigma gain after a fixed number of flow steps, on a fresh point sample per trial. "
@@ -82,7 +84,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--state", required=True, help="JSON state file, rewritten atomically after every trial")
     p.add_argument("--resume", action="store_true",
-                   help="continue the search in --state with its stored settings (only --trials, --out, --cache-dir apply)")
+                   help="continue the search in --state with its stored settings (only --trials, --out, --cache_dir, --num_threads apply)")
     p.add_argument("--out", default=None, help="YAML config for the best parameters (default: beside --state)")
     p.add_argument("--kernel", choices=sorted(DEFAULT_BOUNDS), default="gaussian")
     p.add_argument("--param", action="append", metavar="NAME=LO:HI",
@@ -90,28 +92,29 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fix", action="append", metavar="NAME=VALUE", help="fixed kernel parameter, e.g. depth=1")
     p.add_argument("--lr", type=float, default=None, help="step size when lr is not searched (default: the shipped config's)")
     p.add_argument("--trials", type=int, default=20, help="total number of trials (including resumed ones)")
-    p.add_argument("--init-points", type=int, default=5, help="random trials before the GP proposes points")
+    p.add_argument("--init_points", type=int, default=5, help="random trials before the GP proposes points")
     p.add_argument("--steps", type=int, default=None, help="flow steps per trial, per cluster (default: the shipped config's, 2000)")
-    p.add_argument("--n-points", type=int, default=None, help="points sampled per trial, before the split (default: the shipped config's)")
-    p.add_argument("--val-fraction", type=float, default=0.25)
-    p.add_argument("--test-fraction", type=float, default=0.25)
-    p.add_argument("--n-clusters", type=int, default=1)
-    p.add_argument("--cluster-batch-size", type=int, default=10_000)
-    p.add_argument("--manifold", default="fermat_quintic")
+    p.add_argument("--n_points", type=int, default=None, help="points sampled per trial, before the split (default: the shipped config's)")
+    p.add_argument("--val_fraction", type=float, default=0.25)
+    p.add_argument("--test_fraction", type=float, default=0.25)
+    p.add_argument("--n_clusters", type=int, default=1)
+    p.add_argument("--cluster_batch_size", type=int, default=10_000)
+    p.add_argument("--manifold", default="fermat_quintic", choices=MANIFOLDS)
     p.add_argument("--psi", type=float, default=None)
-    p.add_argument("--ambient-n", type=int, default=4)
-    p.add_argument("--surface-seed", type=int, default=0)
-    p.add_argument("--loss", default="sigma")
-    p.add_argument("--reduction", default=None, choices=("mean", "sum"))
-    p.add_argument("--chart-mode", default="ambient", choices=("ambient", "transform", "reject"))
-    p.add_argument("--pd-policy", default="backtrack", choices=("backtrack", "clip", "stop"))
-    p.add_argument("--lr-step-decay", type=float, default=None)
-    p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
-                   help="rescaled kernel h(x) h(x') k (KernelFlow normalize)")
-    p.add_argument("--base-seed", type=int, default=0, help="trial t samples its points with seed base_seed + t")
-    p.add_argument("--bo-seed", type=int, default=0, help="random state of the optimiser")
-    p.add_argument("--cache-dir", default=None, help="cache the sampled point sets here (default: in memory only)")
-    p.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)  # tests: simulate a kill
+    p.add_argument("--ambient_n", type=int, default=4)
+    p.add_argument("--surface_seed", type=int, default=0)
+    p.add_argument("--loss", default="sigma", choices=METRIC_LOSSES)
+    p.add_argument("--reduction", default=None, choices=REDUCTIONS)
+    p.add_argument("--chart_mode", default="ambient", choices=CHART_MODES)
+    p.add_argument("--pd_policy", default="backtrack", choices=PD_POLICIES)
+    p.add_argument("--lr_step_decay", type=float, default=None)
+    p.add_argument("--normalize", type=boolean, default=None, metavar="true|false",
+                   help="rescaled kernel h(x) h(x') k (KernelFlow normalize; default: the shipped config's)")
+    p.add_argument("--base_seed", type=int, default=0, help="trial t samples its points with seed base_seed + t")
+    p.add_argument("--bo_seed", type=int, default=0, help="random state of the optimiser")
+    p.add_argument("--cache_dir", default=None, help="cache the sampled point sets here (default: in memory only)")
+    p.add_argument("--stop_after", type=int, default=None, help=argparse.SUPPRESS)  # tests: simulate a kill
+    add_num_threads(p)
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -136,9 +139,9 @@ def settings_from_args(a: argparse.Namespace) -> dict:
     }
     for k in ("trials", "steps", "n_points", "n_clusters"):
         if getattr(a, k) < 1:
-            raise SystemExit(f"--{k.replace('_', '-')} must be >= 1")
+            raise SystemExit(f"--{k} must be >= 1")
     if a.init_points < 1:
-        raise SystemExit("--init-points must be >= 1")
+        raise SystemExit("--init_points must be >= 1")
     return s
 
 
@@ -277,6 +280,7 @@ def run(argv=None) -> dict:
     a = parser().parse_args(argv)
     from .io import write_json  # heavy imports after argument parsing: --help stays quick
 
+    set_threads(a)  # --num_threads, else the machine's cores shared among the mflow runs on it (mflow.cli.threads)
     state_path = Path(a.state)
     if a.resume:
         if not state_path.exists():
@@ -328,9 +332,6 @@ def run(argv=None) -> dict:
 
 
 def main(argv=None) -> None:
-    import torch
-
-    torch.set_num_threads(min(torch.get_num_threads(), int(os.environ.get("MFLOW_THREADS", "2"))))
     run(argv)
 
 

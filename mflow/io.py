@@ -46,6 +46,17 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     return path
 
 
+def check_writable(path, what: str = "output folder") -> None:
+    """Refuse (ValueError, one line) a folder that cannot be created or written, before any work."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir():
+        raise ValueError(f"{what} {path} cannot be created: {p} is a file, not a folder; choose another folder")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {path} cannot be written: {p} is not writable; choose another folder")
+
+
 def write_json(path, data: dict) -> Path:
     """JSON (indented; non-JSON numbers as floats), atomically."""
 

@@ -1,4 +1,4 @@
-"""Losses of a metric model on a batch of points (REFERENCE.md section 2; eq. B.11-B.15).
+"""Losses of a metric model on a batch of points (docs/conventions.md sections 5, 7; eq. B.11-B.15).
 
 Each loss is a pure function of the model (a metric function) and a batch dict
 (z, patch, elim, pullback, weights, omega_sq) plus the fixed kappa of the Kaehler class.

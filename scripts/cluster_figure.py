@@ -3,17 +3,17 @@
 usage: python scripts/cluster_figure.py [--manifold fermat_quintic] [--points 1000] [--clusters 10]
        [--batches 5] [--seed 0] [--merge greedy] [--linkage complete] [--out figure2.png]
 """
-import argparse
 
 import torch
 
+from mflow.cli.options import Parser
 from mflow.geometry.presets import manifold
 from mflow.geometry.points import sample
 from mflow.data.clustering import LINKAGES, MERGES, cluster_figure
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--manifold", default="fermat_quintic")
     p.add_argument("--points", type=int, default=1000)
     p.add_argument("--clusters", type=int, default=10)

@@ -14,7 +14,7 @@ as its config says, with a checkpoint after every epoch: at the config's epochs 
 If the kernel taken after training generalises far better than the one at initialisation, the network's feature
 learning is (at least) its kernel adapting to the data.
 
-    python studies/after_kernel.py [--config conf/studies/after_kernel.yaml] [--out runs/after-kernel]
+    python studies/after_kernel.py [--config conf/studies/after_kernel.yaml] [--out_dir runs/after-kernel]
 
 Writes <out>/after_kernel.json, after_kernel.md and after_kernel.png; a network that finished training is not
 retrained and a finished checkpoint is not re-measured (<out>/<network>/measure-e<epoch>.json), so a killed study
@@ -22,8 +22,6 @@ resumes.
 """
 from __future__ import annotations
 
-import argparse
-import inspect
 import json
 import subprocess
 import sys
@@ -35,11 +33,11 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from mflow.cli.options import Parser  # noqa: E402
 from mflow import losses  # noqa: E402
-from mflow.data.datamodule import CYDataModule  # noqa: E402
 from mflow.data.pointset import sample_pointset  # noqa: E402
 from mflow.flows import FrozenKernelFlow, NetworkFlow  # noqa: E402
-from mflow.flows.checkpoint import read_checkpoint  # noqa: E402
+from mflow.evaluation.checkpoints import load_checkpoint, recorded_splits  # noqa: E402
 from mflow.geometry.forms import dual_components  # noqa: E402
 from mflow.io import pyplot, write_json, write_study  # noqa: E402
 from mflow.kernels.network import NetworkNTK  # noqa: E402
@@ -54,7 +52,7 @@ def train_network(cfg: dict, out: Path) -> Path:
     if not (run / "summary.json").exists():
         resume = (run / "checkpoints" / "last.ckpt").exists()
         args = ["--resume", str(run)] if resume else [
-            "--config", str(ROOT / cfg["config"]), f"--run_dir={run}", "--wandb=disabled",
+            "--config", str(ROOT / cfg["config"]), f"--run_dir={run}", "--wandb=off",
             "--trainer.enable_progress_bar=false", f"--trainer.max_epochs={max(cfg['epochs'])}", *cfg.get("args", []),
             "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint", f"--trainer.callbacks.dirpath={run / 'epochs'}",
             "--trainer.callbacks.filename=e{epoch}", "--trainer.callbacks.auto_insert_metric_name=false",
@@ -66,12 +64,10 @@ def train_network(cfg: dict, out: Path) -> Path:
 
 def network_at(run: Path, epochs_done: int) -> NetworkFlow:
     """The network after `epochs_done` epochs (0: at initialisation, rebuilt from the run's configuration)."""
-    if epochs_done == 0:
+    if epochs_done == 0:  # on the run's manifold, which its checkpoints record (the model section does not)
         init = yaml.safe_load((run / "config.yaml").read_text())["model"]["init_args"]
-        return NetworkFlow(**init)
-    path = run / "epochs" / f"e{epochs_done - 1}.ckpt"
-    read_checkpoint(path)
-    return NetworkFlow.load_from_checkpoint(path, map_location="cpu")
+        return NetworkFlow(load_checkpoint(run / "checkpoints" / "last.ckpt").surface, **init)
+    return load_checkpoint(run / "epochs" / f"e{epochs_done - 1}.ckpt").module
 
 
 def sigma(points, g) -> float:
@@ -185,9 +181,9 @@ def figure(res: dict):
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = Parser(description=__doc__.split("\n")[0], renamed={"--out": "--out_dir"})
     p.add_argument("--config", default=str(ROOT / "conf" / "studies" / "after_kernel.yaml"))
-    p.add_argument("--out", default="runs/after-kernel")
+    p.add_argument("--out_dir", default="runs/after-kernel")
     p.add_argument("--networks", nargs="+", help="only these networks of the config")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override a top-level YAML key (tests)")
     a = p.parse_args(argv)
@@ -195,18 +191,17 @@ def main(argv=None) -> dict:
     for kv in a.set:
         k, v = kv.split("=", 1)
         c[k] = yaml.safe_load(v)
-    out = Path(a.out)
+    out = Path(a.out_dir)
     res = {}
     for name, ncfg in c["networks"].items():
         if a.networks and name not in a.networks:
             continue
         run = train_network(ncfg, out / name)
-        dm_args = yaml.safe_load((run / "config.yaml").read_text())["data"]["init_args"]
-        dm = CYDataModule(**{k: v for k, v in dm_args.items() if k in inspect.signature(CYDataModule).parameters})
-        dm.setup()
-        data = {"train": dm.train[: c["train_points"]], "probe": dm.val[: c["probe_points"]],
-                "test": sample_pointset(dm.surface, c["test_points"], TEST_SEED, population=dm.population),
-                "kappa": float(dm.kappa_fs)}
+        ck = load_checkpoint(run / "checkpoints" / "last.ckpt")
+        splits = recorded_splits(ck)  # the network's own points, as its checkpoint records them
+        data = {"train": splits["train"][: c["train_points"]], "probe": splits["val"][: c["probe_points"]],
+                "test": sample_pointset(ck.surface, c["test_points"], TEST_SEED, population=ck.data["population"]),
+                "kappa": float(ck.module.kappa)}
         rows, K0 = [], None
         for e in ncfg["epochs"]:
             path = out / name / f"measure-e{e}.json"

@@ -8,13 +8,12 @@ test points at every t2 of `grid_t2` (the points and their weights do not depend
   * a separate network away from its own t2 means its correction with that t's g_FS (PhiFS: g_FS(t) + d dbar phi),
     i.e. how far one class's learned correction carries to another.
 
-    python studies/moduli.py [--config conf/studies/moduli.yaml] [--out runs/moduli]
+    python studies/moduli.py [--config conf/studies/moduli.yaml] [--out_dir runs/moduli]
 
 Writes <out>/moduli.json, moduli.md and moduli.png; a finished run is not retrained, so a killed study resumes.
 """
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -25,8 +24,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mflow.flows import NetworkFlow  # noqa: E402
-from mflow.flows.checkpoint import read_checkpoint  # noqa: E402
+from mflow.cli.options import Parser  # noqa: E402
+from mflow.evaluation.checkpoints import load_checkpoint  # noqa: E402
 from mflow.geometry import charts, curvature, volume  # noqa: E402
 from mflow.geometry.points import CYPoints, sample  # noqa: E402
 from mflow.io import pyplot, write_study  # noqa: E402
@@ -39,10 +38,10 @@ def train(config: str, run: Path, args: list[str]) -> Path:
     if not (run / "summary.json").exists():
         resume = (run / "checkpoints" / "last.ckpt").exists()
         cmd = ["--resume", str(run)] if resume else ["--config", str(ROOT / config), f"--run_dir={run}",
-                                                      "--wandb=disabled", "--trainer.enable_progress_bar=false", *args]
+                                                      "--wandb=off", "--trainer.enable_progress_bar=false", *args]
         subprocess.run([sys.executable, str(ROOT / "train.py"), *cmd], check=True, cwd=ROOT)
     path = run / "checkpoints" / "last.ckpt"
-    read_checkpoint(path)
+    load_checkpoint(path)  # refused in one line now, not after the other runs
     return path
 
 
@@ -101,16 +100,16 @@ def figure(res: dict):
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = Parser(description=__doc__.split("\n")[0], renamed={"--out": "--out_dir"})
     p.add_argument("--config", default=str(ROOT / "conf" / "studies" / "moduli.yaml"))
-    p.add_argument("--out", default="runs/moduli")
+    p.add_argument("--out_dir", default="runs/moduli")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override a top-level YAML key (tests)")
     a = p.parse_args(argv)
     c = yaml.safe_load(Path(a.config).read_text())
     for kv in a.set:
         k, v = kv.split("=", 1)
         c[k] = yaml.safe_load(v)
-    out = Path(a.out)
+    out = Path(a.out_dir)
     grid = [float(t) for t in c["grid_t2"]]
     singles = [float(t) for t in c["single_t2"]]
     if not set(singles) <= set(grid):
@@ -118,7 +117,7 @@ def main(argv=None) -> dict:
     runs = {"family": train(c["family"], out / "family", c["args"])}
     for t2 in singles:
         runs[f"single t2={t2:g}"] = train(c["single"], out / f"single-t{t2:g}", [*c["args"], f"--data.kahler=[1.0, {t2}]"])
-    models = {name: NetworkFlow.load_from_checkpoint(path, map_location="cpu").model.eval() for name, path in runs.items()}
+    models = {name: load_checkpoint(path).module.model.eval() for name, path in runs.items()}
     X = models["family"].surface.with_kahler((1.0, 1.0))
     test = sample(X, c["test_points"], TEST_SEED)
     gs = charts.factor_metrics(X, test.z, test.pullback)

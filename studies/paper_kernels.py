@@ -15,7 +15,7 @@ predictor could gain at each N: with the train set fitted exactly (eta = 1 there
 its nearest train point x' 's correction has eta(x) / eta(x') left, so sigma_FS / mean_w |1 - eta_FS(x) / eta_FS(x')|
 bounds the test gain of the Delta kernel (`local_bound`): how smooth eta is at the nearest-neighbour spacing.
 
-    python studies/paper_kernels.py [--config conf/studies/paper_kernels.yaml] [--out runs/paper-kernels]
+    python studies/paper_kernels.py [--config conf/studies/paper_kernels.yaml] [--out_dir runs/paper-kernels]
                                     [--sizes 1000] [--kernels gaussian delta]
 
 Writes <out>/paper_kernels.json, paper_kernels.md (tables) and paper_kernels.png. Runs that finished (summary.json
@@ -24,7 +24,6 @@ recorded (<run>/error.json; delete it to retry) and the study goes on.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -36,6 +35,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from mflow.cli.options import Parser  # noqa: E402
 from mflow.data.pointset import sample_pointset  # noqa: E402
 from mflow.evaluation.plots import gain_curve  # noqa: E402
 from mflow.evaluation.scaling import PAPER_FIT, distance_scaling  # noqa: E402
@@ -86,7 +86,7 @@ def train_args(cfg: dict, r: dict, run: Path) -> list[str]:
     n_points = int(round(n / (1 - 2 * frac)))
     clusters = 1 if r.get("clusters") == "one" else max(1, round(n / cfg["points_per_cluster"]))
     args = ["--config", str(ROOT / cfg["variants"][r["variant"]].format(kernel=r["kernel"])), f"--run_dir={run}",
-            "--wandb=disabled", f"--data.population={r['population']}", f"--data.n_points={n_points}",
+            "--wandb=off", f"--data.population={r['population']}", f"--data.n_points={n_points}",
             f"--data.val_fraction={frac}", f"--data.test_fraction={frac}", f"--data.n_clusters={clusters}",
             "--data.cluster_batch_size=10000", f"--model.cache_mb={cfg.get('cache_mb', 512)}",
             "--trainer.enable_progress_bar=false", "--test=false"]
@@ -111,8 +111,8 @@ def run_one(cfg: dict, r: dict, out: Path) -> dict:
             write_json(run / "error.json", err)
             return {**r, "name": name(r), **err}
     if not (run / "eval" / "eval.json").exists():
-        p = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--ckpt", str(run / "checkpoints" / "last.ckpt"),
-                            "--out", str(run / "eval"), "--quiet", *cfg["evaluate"]], capture_output=True, text=True, cwd=ROOT)
+        p = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
+                            "--out_dir", str(run / "eval"), "--quiet", *cfg["evaluate"]], capture_output=True, text=True, cwd=ROOT)
         if p.returncode != 0:
             err = {"error": "evaluate: " + (p.stderr.strip().splitlines() or ["?"])[-1]}
             write_json(run / "error.json", err)
@@ -221,12 +221,12 @@ def figure(rows: list[dict], scaling: dict, bounds: dict, small: int):
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = Parser(description=__doc__.split("\n")[0], renamed={"--out": "--out_dir"})
     p.add_argument("--config", default=str(ROOT / "conf" / "studies" / "paper_kernels.yaml"))
-    p.add_argument("--out", default="runs/paper-kernels")
+    p.add_argument("--out_dir", default="runs/paper-kernels")
     p.add_argument("--sizes", type=int, nargs="+", help="only these train sizes")
     p.add_argument("--kernels", nargs="+", help="only these kernels")
-    p.add_argument("--no-unclustered", action="store_true", help="skip the unclustered 1e5 comparison")
+    p.add_argument("--no_unclustered", action="store_true", help="skip the unclustered 1e5 comparison")
     a = p.parse_args(argv)
     cfg = load_config(a.config)
     if a.sizes:
@@ -235,7 +235,7 @@ def main(argv=None) -> dict:
         cfg["kernels"] = a.kernels
     if a.no_unclustered or (a.sizes and cfg.get("unclustered", {}).get("size") not in a.sizes):
         cfg.pop("unclustered", None)
-    out = Path(a.out)
+    out = Path(a.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for r in planned(cfg):

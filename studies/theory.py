@@ -1,7 +1,7 @@
 """Section 2's statements, computed: a report with plots (the tests in tests/test_perelman.py, test_kernels.py
 and test_ntk.py assert the same statements at fixed sizes).
 
-  python studies/theory.py [--out runs/theory]      (about a minute on 2 cores)
+  python studies/theory.py [--out_dir runs/theory]      (about a minute on 2 cores)
 
 Panels of <out>/theory.png, numbers in <out>/theory.json:
   (a) the cosine net (eq. 2.32) with only a_i trained: empirical NTK -> (A^2/2) exp(-sigma_w^2 |x-x'|^2 / 2d)
@@ -17,7 +17,6 @@ Panels of <out>/theory.png, numbers in <out>/theory.json:
 """
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from mflow.cli.options import Parser  # noqa: E402
 from mflow.geometry import perelman as P  # noqa: E402
 from mflow.geometry.presets import manifold  # noqa: E402
 from mflow.geometry.points import sample  # noqa: E402
@@ -174,8 +174,8 @@ def figure(a, b, c, d, e):
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=Path("runs") / "theory")
+    ap = Parser(description=__doc__.split("\n\n")[0], renamed={"--out": "--out_dir"})
+    ap.add_argument("--out_dir", type=Path, default=Path("runs") / "theory")
     ap.add_argument("--quick", action="store_true", help="smaller widths (for the test suite)")
     opts = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -184,10 +184,10 @@ def main(argv=None) -> dict:
     c = local_limit([4, 8, 16] if opts.quick else [2, 4, 8, 16, 32, 64])
     d = ricci_step()
     e = lazy_drift([64, 256] if opts.quick else [64, 256, 1024, 4096])
-    write_png(opts.out / "theory.png", figure(a, b, c, d, e), dpi=100)
+    write_png(opts.out_dir / "theory.png", figure(a, b, c, d, e), dpi=100)
     numbers = {"cosine_net_ntk": a, "relu_metric_ntk_at_init": b, "local_limit": c,
                "ricci_step": {k: v for k, v in d.items() if not torch.is_tensor(v)}, "lazy_ntk_drift": e}
-    write_json(opts.out / "theory.json", numbers)
+    write_json(opts.out_dir / "theory.json", numbers)
     for name, r in (("(a) cosine net", a), ("(b) ReLU metric NTK", b), ("(c) local limit", c), ("(e) lazy NTK drift", e)):
         print(f"{name}: exponent {r['fit']['exponent']:.3f}")
     print(f"(d) FS step vs -4 pi rho: {d['fs_relative_error']:.2e}; perturbed vs -rho(R + Delta phi): "

@@ -11,19 +11,19 @@ points, in the config's arms (conf/studies/width.yaml has five):
                (tests/test_ntk.py::test_sgd_step_of_the_linearized_model_is_the_frozen_ntk_flow);
   network_sgd  the network trained by that same SGD: the comparison at equal optimizer;
   lazy_sgd     the network with a 10x smaller SGD step: the lazy regime, where the NTK drift after a fixed
-               budget falls with width (NTK parametrisation; README "Width study" for the exponents).
+               budget falls with width (NTK parametrisation; docs/results/feature_learning.md for the exponents).
 
 NTKDrift runs on the arms that train the network itself: the drift after the whole budget, and after the config's
 ``early_drift_step`` steps (the small-drift regime); its first measurement also gives the distance of the empirical
 network kernel at initialisation to the analytic infinite-width ReLU NTK.
 
-  python studies/width.py [--config conf/studies/width.yaml] [--out runs/width-study] [--widths 64 256]
+  python studies/width.py [--config conf/studies/width.yaml] [--out_dir runs/width-study] [--widths 64 256]
 
 Writes <out>/width_study.json (every run's gains and drift, and the fitted exponents), width_study.md
 (the table) and width_study.png. A run that finished (its summary.json exists) is not rerun, so a killed
 study resumes where it stopped (a killed run from its last.ckpt); a run that fails (e.g. its metric leaves the
 positive-definite cone) is recorded with its error (<run>/error.json; delete it to retry) and the study goes on.
-Each run directory keeps the train.py arguments it was made with (study_args.json): an --out whose runs were
+Each run directory keeps the train.py arguments it was made with (study_args.json): an --out_dir whose runs were
 made with other settings is refused rather than mixed in.
 """
 from __future__ import annotations
@@ -39,6 +39,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from mflow.cli.options import Parser  # noqa: E402
 from mflow.cli.train import main as train  # noqa: E402
 from mflow.evaluation import fit_power_law  # noqa: E402
 from mflow.io import atomic_write, pyplot, write_json, write_png  # noqa: E402
@@ -72,12 +73,12 @@ def run_arm(cfg: dict, width: int, arm: str, run_dir: Path) -> dict:
     summary_path, error_path, args_path = run_dir / "summary.json", run_dir / "error.json", run_dir / "study_args.json"
     opts = {**cfg["args"], **cfg["arms"][arm], "model.width": width}
     args = [f"--{k}={v}" for k, v in opts.items()] + [
-        f"--run_dir={run_dir}", f"--wandb={cfg.get('wandb', 'disabled')}",
+        f"--run_dir={run_dir}", f"--wandb={cfg.get('wandb', 'off')}",
         "--trainer.callbacks=[]",  # not the default config's NTKDrift: the study sets its own, on the drift arms
     ]
     record = {"args": args, "drift": cfg.get("drift", {}) if drifts(cfg, arm) else None}
     if args_path.exists() and json.loads(args_path.read_text()) != record:
-        raise SystemExit(f"{run_dir} was run with other settings (see {args_path}): choose another --out")
+        raise SystemExit(f"{run_dir} was run with other settings (see {args_path}): choose another --out_dir")
     if error_path.exists():
         return json.loads(error_path.read_text())
     if not summary_path.exists():
@@ -195,9 +196,10 @@ def figure(a: dict, arms: list[str]):
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                renamed={"--out": "--out_dir"})
     ap.add_argument("--config", type=Path, default=ROOT / "conf" / "studies" / "width.yaml")
-    ap.add_argument("--out", type=Path, default=Path("runs") / "width-study")
+    ap.add_argument("--out_dir", type=Path, default=Path("runs") / "width-study")
     ap.add_argument("--widths", type=int, nargs="+", help="override the config's widths")
     ap.add_argument("--arms", nargs="+", help="run only these arms")
     ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
@@ -217,15 +219,15 @@ def main(argv=None) -> dict:
     results = []
     for w in widths:
         for arm in arms:
-            r = run_arm(cfg, w, arm, opts.out / f"w{w}" / arm)
+            r = run_arm(cfg, w, arm, opts.out_dir / f"w{w}" / arm)
             results.append(r)
             print(f"[width study] width {w} {arm}: " + (r["error"] if "error" in r else f"test gain {r['gain']['test']:.3g}"))
     a = analyse(results, widths, arms, [x for x in arms if drifts(cfg, x)])
     a["runs"] = results
-    write_json(opts.out / "width_study.json", a)
+    write_json(opts.out_dir / "width_study.json", a)
     md = table(a, arms)
-    atomic_write(opts.out / "width_study.md", lambda tmp: Path(tmp).write_text(md))
-    write_png(opts.out / "width_study.png", figure(a, arms), dpi=110)
+    atomic_write(opts.out_dir / "width_study.md", lambda tmp: Path(tmp).write_text(md))
+    write_png(opts.out_dir / "width_study.png", figure(a, arms), dpi=110)
     print(md)
     return a
 

@@ -11,12 +11,12 @@ from mflow import bo
 from mflow.cli.train import main
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ["--kernel", "gaussian", "--trials", "3", "--init-points", "2", "--steps", "3", "--n-points", "120",
+TINY = ["--kernel", "gaussian", "--trials", "3", "--init_points", "2", "--steps", "3", "--n_points", "120",
         "--reduction", "sum", "--quiet"]
 
 
 def test_search_resume_and_best_config(tmp_path):
-    full = bo.run([*TINY, "--state", str(tmp_path / "full" / "state.json"), "--cache-dir", str(tmp_path / "data")])
+    full = bo.run([*TINY, "--state", str(tmp_path / "full" / "state.json"), "--cache_dir", str(tmp_path / "data")])
     assert [t["trial"] for t in full["trials"]] == [0, 1, 2]
     assert [t["seed"] for t in full["trials"]] == [0, 1, 2]  # a fresh sample per trial
     for t in full["trials"]:
@@ -26,11 +26,11 @@ def test_search_resume_and_best_config(tmp_path):
 
     # killed after trial 2, then resumed: the same total and the same proposals as the uninterrupted search
     state = tmp_path / "killed" / "state.json"
-    part = bo.run([*TINY, "--state", str(state), "--stop-after", "2", "--cache-dir", str(tmp_path / "data")])
+    part = bo.run([*TINY, "--state", str(state), "--stop_after", "2", "--cache_dir", str(tmp_path / "data")])
     assert len(part["trials"]) == 2 and len(json.loads(state.read_text())["trials"]) == 2
     with pytest.raises(SystemExit, match="exists"):
         bo.run([*TINY, "--state", str(state)])
-    resumed = bo.run(["--resume", "--state", str(state), "--trials", "3", "--quiet", "--cache-dir", str(tmp_path / "data")])
+    resumed = bo.run(["--resume", "--state", str(state), "--trials", "3", "--quiet", "--cache_dir", str(tmp_path / "data")])
     assert len(resumed["trials"]) == 3
     for a, b in zip(resumed["trials"], full["trials"]):
         assert a["seed"] == b["seed"]
@@ -43,7 +43,7 @@ def test_search_resume_and_best_config(tmp_path):
     text = best.read_text()
     assert "mflow.flows.KernelFlow" in text and "ClusteredDataModule" in text
     trainer = main(["--config", str(best), f"--run_dir={tmp_path / 'run'}", f"--data.cache_dir={tmp_path / 'data'}",
-                    "--wandb=disabled", "--trainer.fast_dev_run=1"])
+                    "--wandb=off", "--trainer.fast_dev_run=1"])
     assert trainer.state.finished
     module = trainer.lightning_module
     bt = resumed["best"]

@@ -24,7 +24,7 @@ MANIFOLDS = {"bicubic": ["--data.manifold=bicubic", "--data.kahler=[1.0, 1.7]"],
 def _train(tmp_path, name, *extra, config=None):
     first = [f"--config={config}"] if config else []  # a config file first: what follows overrides it
     return train_main([*first, f"--run_dir={tmp_path / name}", f"--data.cache_dir={tmp_path / 'data'}", "--data.n_points=500",
-                       "--data.batch_size=100", "--wandb=disabled", "--trainer.max_epochs=1",
+                       "--data.batch_size=100", "--wandb=off", "--trainer.max_epochs=1",
                        "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", *extra])
 
 
@@ -43,9 +43,9 @@ def test_train_and_evaluate_a_network_and_a_clustered_kernel_flow(tmp_path, wher
     assert k["gain"]["train"] > 1  # the frozen flow fits its train points
     out = tmp_path / "ev"
     ckpts = [str(tmp_path / r / "checkpoints" / "last.ckpt") for r in ("net", "kernel")]
-    assert run(evaluate_cli.main, "evaluate.py", ["--ckpt", *ckpts, "--out", str(out), "--n-test", "200",
-                                                    "--n-noise", "50", "--ricci-points", "10", "--mode", "both",
-                                                    "--noise-levels", "1e-4", "--distances", "0.05", "--quiet"]) == 0
+    assert run(evaluate_cli.main, "evaluate.py", ["--ckpt_path", *ckpts, "--out_dir", str(out), "--n_test", "200",
+                                                    "--n_noise", "50", "--ricci_points", "10", "--mode", "both",
+                                                    "--noise_levels", "1e-4", "--distances", "0.05", "--quiet"]) == 0
     rep = json.loads((out / "eval.json").read_text())
     for r in rep["checkpoints"]:
         assert r["manifold"]["name"] == where and r["test"]["n"] == 200
@@ -118,16 +118,18 @@ def test_on_manifold_noise_moves_along_the_product_geodesic():
 
 
 def test_pd_policy_continue_trains_through_non_positive_definite_points(tmp_path):
-    """addfs with out_scale 1 is not positive definite at many points from the first step: pd_policy=raise stops with
-    a message naming the option, pd_policy=continue trains and reports them."""
+    """addfs with out_scale 1 is not positive definite at many points from the first step: pd_policy=stop (the
+    default) stops with a message naming the option, pd_policy=continue trains and reports them."""
     args = ["--model.head=addfs", "--model.out_scale=1.0", "--model.width=8", "--model.depth=1"]
     with pytest.raises(Exception, match="pd_policy=continue"):
-        _train(tmp_path, "raise", *args)
+        _train(tmp_path, "stop", *args)
     _train(tmp_path, "continue", *args, "--model.pd_policy=continue")
     s = json.loads((tmp_path / "continue" / "summary.json").read_text())
     assert s["not_positive_definite"]["val"] > 0 and s["model"]["pd_policy"] == "continue"
-    with pytest.raises(ValueError, match="pd_policy must be one of"):
+    with pytest.raises(ValueError, match="pd_policy.*stop, continue, backtrack, clip.*sometimes"):
         _train(tmp_path, "bad", "--model.pd_policy=sometimes")
+    with pytest.raises(ValueError, match="pd_policy 'raise' is now called 'stop'"):
+        _train(tmp_path, "old", "--model.pd_policy=raise")
 
 
 def test_ambient_forms_do_not_depend_on_the_chart_in_a_product():

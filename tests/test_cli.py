@@ -1,4 +1,4 @@
-"""train.py end to end: every conf/ YAML parses and runs a fast_dev_run step; overrides take effect."""
+"""train.py end to end: overrides take effect, errors are one line (every conf/ YAML runs in tests/test_configs.py)."""
 import json
 import os
 import subprocess
@@ -12,20 +12,13 @@ from mflow.cli.errors import run
 from mflow.cli.train import main
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = sorted(p for p in (ROOT / "conf").glob("*.yaml"))
 
 
 def _args(tmp_path, *extra):
     return [
         f"--run_dir={tmp_path / 'run'}", f"--data.cache_dir={tmp_path / 'data'}", "--data.n_points=600",
-        "--data.batch_size=64", "--wandb=disabled", *extra,
+        "--data.batch_size=64", "--wandb=off", *extra,
     ]
-
-
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
-def test_every_config_runs_a_fast_dev_run(tmp_path, config):
-    trainer = main(["--config", str(config), *_args(tmp_path, "--trainer.fast_dev_run=1")])
-    assert trainer.state.finished
 
 
 def test_overrides_take_effect_and_summary_is_written(tmp_path):
@@ -36,6 +29,9 @@ def test_overrides_take_effect_and_summary_is_written(tmp_path):
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert s["points"]["train"] + s["points"]["val"] + s["points"]["test"] == 600
     assert set(s["gain"]) == {"train", "val", "test"} and s["epochs"] == 1
+    for k in ("train", "val", "test"):  # gain: the paper's sigma_FS / sigma; sigma_init / sigma has its own name
+        assert s["gain"][k] == pytest.approx(s["sigma_fs"][k] / s["sigma_final"][k], rel=1e-12)
+        assert s["reduction_from_init"][k] == pytest.approx(s["sigma_init"][k] / s["sigma_final"][k], rel=1e-12)
     assert Path(s["checkpoint"]).exists()
     assert s["ricci_measure_val"] > 0
 
@@ -44,7 +40,7 @@ def test_the_network_seed_and_the_data_seed_can_differ(tmp_path):
     """Lightning logs the model's and the data's hyperparameters together: they must not share a key
     with different values (NetworkFlow's seed is init_seed for that reason)."""
     trainer = main(_args(tmp_path, "--model.init_seed=3", "--data.seed=0", "--trainer.fast_dev_run=1"))
-    again = main(_args(tmp_path, "--model.init_seed=4", "--data.seed=0", "--trainer.fast_dev_run=1"))
+    again = main(_args(tmp_path, "--model.init_seed=4", "--data.seed=0", "--trainer.fast_dev_run=1", "--overwrite"))
     w = [t.lightning_module.model.net.net[0].weight for t in (trainer, again)]
     assert not torch.equal(*w)
 
@@ -54,9 +50,13 @@ def test_user_errors_are_one_line_naming_what_to_change(tmp_path, capsys):
     bad.write_text("model:\n  width: [oops\n")
     cases = [
         (["--config", str(bad)], f"config file {bad} is not valid YAML at line 3"),
-        (["--model.head=nonsense", "--trainer.fast_dev_run=1"], "unknown head 'nonsense'; choose one of"),
+        (["--model.head=nonsense", "--trainer.fast_dev_run=1"],
+         "model.head must be one of free, addfs, multfs, matrixfs, phifs, bihomogeneous; got 'nonsense'"),
+        (["--model.pd_policy=raise"], "pd_policy 'raise' is now called 'stop'"),
+        (["--trainer.callbacks=mflow.callbacks.NTKDrift", "--trainer.callbacks.kind=x"],
+         "trainer.callbacks.kind must be one of full, trace, diagonal; got 'x'"),
         (["--model.head=phifs", "--trainer.fast_dev_run=1"], "phifs with activation relu"),
-        (["--data.manifold=octic"], "unknown manifold 'octic'"),
+        (["--data.manifold=octic"], "data.manifold must be one of fermat_quintic,"),
         (["--data.manifold=dwork", "--data.psi=1.0"], "singular at psi^5 = 1"),
         (["--trainer.max_epochs=abc"], 'Parser key "trainer.max_epochs"'),
         (["--nonsense=1"], "unrecognized arguments: --nonsense=1"),
@@ -76,10 +76,10 @@ def test_the_traceback_is_shown_on_request():
     env = {**os.environ, "MFLOW_TRACEBACK": ""}
     p = subprocess.run([sys.executable, str(ROOT / "train.py"), "--data.manifold=octic"], capture_output=True, text=True,
                        cwd=ROOT, env=env)
-    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "unknown manifold" in p.stderr
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "manifold must be one of" in p.stderr
     p = subprocess.run([sys.executable, str(ROOT / "train.py"), "--data.manifold=octic"], capture_output=True, text=True,
                        cwd=ROOT, env={**env, "MFLOW_TRACEBACK": "1"})
-    assert p.returncode != 0 and "Traceback (most recent call last)" in p.stderr and "unknown manifold" in p.stderr
+    assert p.returncode != 0 and "Traceback (most recent call last)" in p.stderr and "manifold must be one of" in p.stderr
 
 
 def test_the_run_directory_the_user_names_is_used(tmp_path):
@@ -96,7 +96,7 @@ def test_the_run_directory_the_user_names_is_used(tmp_path):
 
 
 def test_a_users_loggers_and_checkpoints_are_kept(tmp_path):
-    trainer = main([a for a in _args(tmp_path, "--trainer.max_epochs=1", "--test=false") if a != "--wandb=disabled"] + [
+    trainer = main([a for a in _args(tmp_path, "--trainer.max_epochs=1", "--test=false") if a != "--wandb=off"] + [
         "--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--trainer.logger.save_dir={tmp_path / 'mylogs'}",
         "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
         f"--trainer.callbacks.dirpath={tmp_path / 'mine'}", "--trainer.callbacks.filename=user",
@@ -113,7 +113,7 @@ def test_wandb_online_that_cannot_start_stops_before_training(tmp_path, monkeypa
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setattr(type(wandb.api), "api_key", property(lambda self: None))
     with pytest.raises(ValueError, match="--wandb=online needs a W&B login"):
-        main([a for a in _args(tmp_path) if a != "--wandb=disabled"] + ["--wandb=online"])
+        main([a for a in _args(tmp_path) if a != "--wandb=off"] + ["--wandb=online"])
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 

@@ -1,4 +1,5 @@
 """Batched FS-distance clustering (paper sec. 3.1, eq. 3.3) and the Figure 2 writer."""
+import numpy as np
 import pytest
 import torch
 
@@ -49,9 +50,52 @@ def test_batched_recovers_separated_clusters(merge, linkage):
     assert agreement(labels, cluster_batch(pts, 4)) > 0.9
 
 
-def test_seed_reproducible(z):
-    a = batched_clustering(z, 5, 60, seed=4)
-    assert torch.equal(a, batched_clustering(z, 5, 60, seed=4))
+def _fs_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """d_FS on P^n from its definition, arccos |<a, b>| / (|a| |b|) (eq. 3.2), with numpy."""
+    overlap = np.abs(a.conj() @ b.T) / np.outer(np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1))
+    return np.arccos(np.clip(overlap, 0.0, 1.0))
+
+
+def _average_linkage(pts: np.ndarray, k: int) -> np.ndarray:
+    """scipy's average-linkage tree on the brute-force distances, cut into k clusters."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import squareform
+
+    d = _fs_distance(pts, pts)
+    np.fill_diagonal(d, 0.0)
+    labels = fcluster(linkage(squareform((d + d.T) / 2, checks=False), "average"), k, "maxclust") - 1
+    assert len(set(labels)) == k
+    return labels
+
+
+@pytest.mark.parametrize("merge", ["nearest", "hungarian"])  # greedy depends on the clusters' numbering
+@pytest.mark.parametrize("linkage", ["complete", "average"])
+def test_batched_clustering_equals_an_independent_computation(z, merge, linkage):
+    """Each step of the module doc recomputed with numpy / scipy on 90 points: seeded batches of 30, scipy's
+    average-linkage clusters per batch, the cross-batch cluster distance by brute force, the assignment."""
+    from scipy.optimize import linear_sum_assignment
+
+    pts, k, M, seed = z[:90].numpy(), 4, 30, 2
+    perm = torch.randperm(90, generator=torch.Generator().manual_seed(seed)).numpy()
+    first, *later = (perm[i : i + M] for i in range(0, 90, M))
+    l1 = _average_linkage(pts[first], k)
+    expected = np.empty(90, dtype=np.int64)
+    expected[first] = l1
+    reduce = np.max if linkage == "complete" else np.mean
+    for idx in later:
+        lb = _average_linkage(pts[idx], k)
+        d = _fs_distance(pts[first], pts[idx])
+        cost = np.array([[reduce(d[np.ix_(l1 == a, lb == b)]) for b in range(k)] for a in range(k)])
+        if merge == "nearest":
+            to = cost.argmin(0)
+        else:
+            rows, cols = linear_sum_assignment(cost)
+            to = np.empty(k, dtype=np.int64)
+            to[cols] = rows
+        expected[idx] = to[lb]
+    got = batched_clustering(z[:90], k, M, seed=seed, merge=merge, linkage=linkage)
+    assert agreement(got, expected) == pytest.approx(1.0)  # the same partition (labels may be renumbered)
+    assert agreement(cluster_batch(z[:90], k), _average_linkage(pts, k)) == pytest.approx(1.0)
 
 
 def test_agreement_is_adjusted_rand():

@@ -25,7 +25,7 @@ def test_training_on_cuda_gives_the_cpu_figures(tmp_path, head):
     for accel in ("cpu", "gpu"):
         run = tmp_path / accel
         main([f"--run_dir={run}", f"--data.cache_dir={tmp_path / 'data'}", "--data.n_points=1000", "--data.batch_size=100",
-              "--wandb=disabled", "--trainer.max_epochs=2", f"--trainer.accelerator={accel}", "--trainer.devices=1",
+              "--wandb=off", "--trainer.max_epochs=2", f"--trainer.accelerator={accel}", "--trainer.devices=1",
               f"--model.head={head}", "--model.activation=gelu", "--model.width=32", "--model.depth=2"])
         summaries[accel] = json.loads((run / "summary.json").read_text())["sigma_final"]
     for split in ("train", "val", "test"):

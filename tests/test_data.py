@@ -212,7 +212,7 @@ def test_load_cymetric_errors(tmp_path, quintic, pts):
 def test_cli_sample_and_info(tmp_path):
     out = tmp_path / "cli.npz"
     r = subprocess.run(
-        [PY, "-m", "mflow.data", "sample", "--manifold", "dwork", "--psi", "0.2", "--n", "600", "--seed", "5",
+        [PY, "-m", "mflow.data", "sample", "--manifold", "dwork", "--psi", "0.2", "--n_points", "600", "--seed", "5",
          "--out", str(out)],
         capture_output=True, text=True, timeout=120,
     )
@@ -330,8 +330,9 @@ def test_datamodule_cache_reuse_and_invalid_cache(tmp_path, monkeypatch):
     dm2 = _dm(tmp_path)
     assert cp.stat().st_mtime_ns == mtime and torch.equal(dm2.train.z, dm.train.z)
     cp.write_bytes(cp.read_bytes()[:1000])
-    with pytest.raises(PointSetError, match=f"Delete {cp}"):
+    with pytest.raises(PointSetError, match=f"; delete {cp} and rerun") as err:
         _dm(tmp_path)
+    assert str(err.value).lower().count("delete") == 1  # the remedy is said once
 
 
 def test_datamodule_loads_files(tmp_path, quintic, pts):
@@ -363,7 +364,7 @@ def test_datamodule_kappa_fs(tmp_path):
         (dict(test_fraction=-0.1), "test_fraction"),
         (dict(val_fraction=0.5, test_fraction=0.5), "leaves no training points"),
         (dict(n_points=5), "n_points=5 is too small"),
-        (dict(manifold="torus"), "unknown manifold"),
+        (dict(manifold="torus"), "manifold must be one of"),
         (dict(manifold="dwork", psi=1.0), "singular"),
         (dict(batch_size=0), "batch_size"),
     ],
@@ -433,7 +434,7 @@ def test_one_chart_population_in_the_datamodule_and_the_sampler(tmp_path, monkey
     assert all((int(a), int(b)) == chart for a, b in zip(dm.train.patch, dm.train.elim))
     assert "one_chart" in dm.cache_path.name and read_metadata(dm.cache_path)["population"] == "one_chart"
     out = tmp_path / "one.npz"
-    assert data_main(["sample", "--n", "300", "--population", "one_chart", "--out", str(out)]) == 0
+    assert data_main(["sample", "--n_points", "300", "--population", "one_chart", "--out", str(out)]) == 0
     with pytest.raises(PointSetError, match="data.population=one_chart"):
         CYDataModule(path=str(out)).setup()
     on_file = CYDataModule(path=str(out), population="one_chart")

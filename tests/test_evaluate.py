@@ -26,8 +26,8 @@ def evaluate_py(args):
     return run(evaluate_cli.main, "evaluate.py", args)
 
 
-SMALL = ["--n-test", "300", "--n-noise", "120", "--n-distance", "300", "--ricci-points", "20", "--quiet",
-         "--noise-levels", "1e-6", "1e-4", "1e-2", "--distances", "0.003", "0.03", "0.2", "--device", "cpu"]
+SMALL = ["--n_test", "300", "--n_noise", "120", "--n_distance", "300", "--ricci_points", "20", "--quiet",
+         "--noise_levels", "1e-6", "1e-4", "1e-2", "--distances", "0.003", "0.03", "0.2", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def tiny_ckpt(tmp_path_factory):
     d = tmp_path_factory.mktemp("tiny")
     train_main([
         f"--run_dir={d / 'run'}", f"--data.cache_dir={d / 'data'}", "--data.n_points=600", "--data.batch_size=64",
-        "--wandb=disabled", "--trainer.max_epochs=1", "--model.width=8", "--model.depth=1", "--test=false",
+        "--wandb=off", "--trainer.max_epochs=1", "--model.width=8", "--model.depth=1", "--test=false",
         "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
     ])
     return d / "run" / "checkpoints" / "last.ckpt"
@@ -49,7 +49,7 @@ def _files(root: Path) -> set:
 # ----------------------------------------------------------------------------- the whole command
 def test_eval_json_has_train_test_noised_sections_and_gains(tiny_ckpt, tmp_path):
     out = tmp_path / "ev"
-    assert evaluate_py(["--ckpt", str(tiny_ckpt), "--out", str(out), *SMALL]) == 0
+    assert evaluate_py(["--ckpt_path", str(tiny_ckpt), "--out_dir", str(out), *SMALL]) == 0
     rep = json.loads((out / "eval.json").read_text())
     assert (out / "gain_vs_distance.png").stat().st_size > 1000
     (r,) = rep["checkpoints"]
@@ -75,7 +75,7 @@ def test_eval_json_has_train_test_noised_sections_and_gains(tiny_ckpt, tmp_path)
 
 
 def test_default_output_goes_next_to_the_checkpoint_and_target_gain_prints_n(tiny_ckpt, capsys):
-    args = ["--ckpt", str(tiny_ckpt), *[a for a in SMALL if a != "--quiet"], "--mode", "gaussian", "--target-gain", "1.0", "--fit", "0.968", "-0.184"]
+    args = ["--ckpt_path", str(tiny_ckpt), *[a for a in SMALL if a != "--quiet"], "--mode", "gaussian", "--target_gain", "1.0", "--fit", "0.968", "-0.184"]
     assert evaluate_py(args) == 0
     rep = json.loads((tiny_ckpt.parent / "eval" / "eval.json").read_text())
     (need,) = rep["points_needed"]
@@ -96,9 +96,9 @@ def _variants(ckpt: Path, d: Path) -> dict:
     newer = seal({**ck, "mflow": {**ck["mflow"], "format": 3}})
     torch.save(newer, d / "newer.ckpt")
     out["newer"] = (d / "newer.ckpt", "format 3")
-    wrong = seal({**ck, "hyper_parameters": {**ck["hyper_parameters"], "manifold": "fermat_quartic"}})
-    torch.save(wrong, d / "wrong_manifold.ckpt")
-    out["wrong_manifold"] = (d / "wrong_manifold.ckpt", "manifold")
+    wrong = seal({**ck, "mflow": {**ck["mflow"], "surface": manifold("fermat_quartic").to_dict()}})
+    torch.save(wrong, d / "wrong_manifold.ckpt")  # the manifold record is not the one of its fingerprint
+    out["wrong_manifold"] = (d / "wrong_manifold.ckpt", "manifold record does not match its fingerprint")
     tampered = torch.load(ckpt, weights_only=False)
     w = tampered["state_dict"]["model.net.net.0.weight"]
     w[0, 0] = torch.nextafter(w[0, 0], torch.tensor(math.inf, dtype=w.dtype))  # one weight off by one ulp
@@ -120,9 +120,9 @@ def test_bad_checkpoints_give_clear_errors_and_write_nothing(tiny_ckpt, tmp_path
         with pytest.raises(evaluation.EvaluationError, match=message):
             evaluation.evaluate([path], tmp_path / "out", n_test=50, n_noise=10, quiet=True)
         # the command: exit status 2, the message on stderr; a good checkpoint beside a bad one changes nothing
-        assert evaluate_py(["--ckpt", str(tiny_ckpt), str(path), "--out", str(tmp_path / "out"), *SMALL]) == 2
+        assert evaluate_py(["--ckpt_path", str(tiny_ckpt), str(path), "--out_dir", str(tmp_path / "out"), *SMALL]) == 2
         assert message in capsys.readouterr().err
-    assert evaluate_py(["--ckpt", str(cases["foreign"][0]), *SMALL]) == 2  # default out dir: not created
+    assert evaluate_py(["--ckpt_path", str(cases["foreign"][0]), *SMALL]) == 2  # default out dir: not created
     assert not (tmp_path / "out").exists() and not (bad_dir / "eval").exists()
     assert _files(tmp_path) | _files(tiny_ckpt.parent.parent) == before
 
@@ -171,7 +171,7 @@ def test_a_kernel_flow_checkpoint_is_evaluated_from_its_own_train_points(tmp_pat
     s = manifold("fermat_quintic")
     train = sample(s, 200, 3)
     kappa = float(volume.kappa(train.weights, volume.real_det(train.g_fs), train.omega_sq))
-    module = KernelFlow(kernel="delta", lr=0.03, reduction="sum")
+    module = KernelFlow(s, kernel="delta", lr=0.03, reduction="sum")
     flow = module.flow.attach(train, kappa)
     for _ in range(8):
         flow.flow_step()
@@ -292,12 +292,61 @@ def test_results_are_logged_to_an_active_wandb_run(tiny_ckpt, tmp_path, monkeypa
     finally:
         run.finish()
     assert rep["wandb"] is True and json.loads((out / "eval.json").read_text())["wandb"] is True
+    # what the offline run holds: eval.json's figures under eval/<checkpoint>/..., and the figures as images
+    (logged,) = wandb_history(next((tmp_path / "wandb").glob("offline-run-*/run-*.wandb")))
+    (r,) = rep["checkpoints"]
+    for s in ("train", "test"):
+        for m in ("sigma", "sigma_fs", "gain"):
+            assert logged[f"eval/0/{s}/{m}"] == pytest.approx(r[s][m], rel=1e-12), (s, m)
+    (e,) = r["noised"]["gaussian"]
+    assert logged[f"eval/0/gaussian/{e['variance']:g}/gain"] == pytest.approx(e["gain"], rel=1e-12)
+    assert logged[f"eval/0/gaussian/{e['variance']:g}/distance"] == pytest.approx(e["distance_to_train"]["mean"])
+    images = {k.rsplit("/", 1)[0] for k, v in logged.items() if k.endswith("/_type") and v == "image-file"}
+    assert images and images == {f"eval/{p.stem}" for p in out.glob("*.png")}
+
+
+def wandb_history(path, wait: float = 30.0) -> list[dict]:
+    """The history rows of an offline W&B run file (run-<id>.wandb: a leveldb-style log of protobuf records), once
+    its exit record is written (wandb's writer may finish just after run.finish() returns)."""
+    import time
+
+    t0 = time.monotonic()
+    while True:
+        rows, ended = _wandb_records(path)
+        if ended or time.monotonic() - t0 > wait:
+            return rows
+        time.sleep(0.2)
+
+
+def _wandb_records(path) -> tuple[list[dict], bool]:
+    import struct
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data, block, ended = Path(path).read_bytes(), 32768, False
+    assert struct.unpack("<4sHB", data[:7])[:2] == (b":W&B", 0xBEE1), "not a W&B run file"
+    pos, buf, rows = 7, b"", []
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:  # a block's tail too short for a header is padding
+            pos += left
+            continue
+        _, n, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        buf, pos = buf + data[pos + 7 : pos + 7 + n], pos + 7 + n
+        if kind in (1, 4):  # a full record, or the last piece of one
+            r = pb.Record()
+            r.ParseFromString(buf)
+            buf = b""
+            if r.WhichOneof("record_type") == "history":
+                rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item})
+            ended = ended or r.WhichOneof("record_type") == "exit"
+    return rows, ended
 
 
 def test_a_one_chart_model_is_tested_on_its_population_and_warned_about_others(tmp_path):
     train_main([
         f"--run_dir={tmp_path / 'run'}", "--data.n_points=600", "--data.population=one_chart", "--data.batch_size=64",
-        "--wandb=disabled", "--trainer.max_epochs=1", "--model.width=8", "--model.depth=1", "--test=false",
+        "--wandb=off", "--trainer.max_epochs=1", "--model.width=8", "--model.depth=1", "--test=false",
     ])
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     kw = dict(n_test=200, n_noise=30, variances=(1e-4,), distances=(0.01,), ricci_points=0, quiet=True)

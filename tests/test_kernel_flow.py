@@ -1,5 +1,6 @@
 """Frozen-kernel metric flows (mflow.flows.kernel, mflow.flows.kernel_module, mflow.data.clustered): eq. 2.12 against dense references,
 chart handling, prediction, PD policies, checkpoints, bad input, DDP."""
+import inspect
 import json
 import math
 import os
@@ -295,6 +296,31 @@ def test_pd_policies(split):
     assert torch.equal(f.coeff[bad], torch.zeros_like(f.coeff[bad]))  # consistent with predictions
     assert torch.allclose(f.predict_metric(train[:59])[~bad[:59]], trial[:59][~bad[:59]])
 
+    f = flow(train, kappa, kernel="delta", lr=lr, chart_mode="transform", pd_policy="continue")
+    info = f.flow_step()  # the whole step, non-PD points and all, counted
+    assert info["not_pd"] == int(bad.sum()) and info["scale"] == 1.0 and torch.allclose(f.metric, trial)
+
+
+def test_one_pd_vocabulary():
+    """One PDPolicy for every flow (mflow.flows.base): a flow refuses what it cannot do in one line; the old network
+    value raise names its new name."""
+    from mflow.flows.base import PD_POLICIES, PDPolicy
+    from mflow.flows.network import NetworkFlow
+
+    assert PD_POLICIES == ("stop", "continue", "backtrack", "clip")
+    for cls in (NetworkFlow, KernelFlow):
+        assert inspect.signature(cls).parameters["pd_policy"].annotation in (PDPolicy, "PDPolicy")
+    X = manifold("fermat_quintic")
+    assert NetworkFlow(X, width=4, pd_policy="continue").hparams.pd_policy == "continue"
+    for policy in ("backtrack", "clip"):
+        with pytest.raises(ValueError, match=f"cannot do pd_policy={policy}: it takes stop or continue"):
+            NetworkFlow(X, width=4, pd_policy=policy)
+    for cls in (NetworkFlow, KernelFlow):
+        with pytest.raises(ValueError, match="pd_policy 'raise' is now called 'stop'.*pd_policy=stop"):
+            cls(X, pd_policy="raise")
+        with pytest.raises(ValueError, match="pd_policy must be one of stop, continue, backtrack, clip; got 'x'"):
+            cls(X, pd_policy="x")
+
 
 # ----------------------------------------------------------------------------- Lightning, checkpoints
 def _dm(tmp_path, **kw):
@@ -311,7 +337,7 @@ def _trainer(tmp_path, **kw):
 
 def test_fit_validate_test_and_checkpoint_round_trip(tmp_path):
     dm = _dm(tmp_path)
-    model = KernelFlow(kernel="gaussian", kernel_params={"sigma": 0.05}, lr=0.03, reduction="sum", steps_per_batch=2)
+    model = KernelFlow(QUINTIC, kernel="gaussian", kernel_params={"sigma": 0.05}, lr=0.03, reduction="sum", steps_per_batch=2)
     drift = NTKDrift()  # on in the network configs: a kernel flow has no network, so it only warns
     trainer = _trainer(tmp_path, max_epochs=3, enable_checkpointing=False, callbacks=[drift])
     with pytest.warns(UserWarning, match="NTKDrift does nothing for KernelFlow"):
@@ -322,6 +348,10 @@ def test_fit_validate_test_and_checkpoint_round_trip(tmp_path):
     assert m["train/gain"] > 1.5 and float(m["val/sigma"]) > 0 and "val/gain" in m
     (res,) = trainer.test(model, datamodule=dm, verbose=False)
     assert res["test/sigma"] == pytest.approx(float(model.sigma_on(dm.test)), rel=1e-9)
+    # gain = sigma_FS / sigma (the paper's, everywhere); sigma_init / sigma is reduction_from_init
+    assert float(m["val/gain"]) == pytest.approx(float(dm.val.sigma()) / float(m["val/sigma"]), rel=1e-9)
+    assert res["test/gain"] == pytest.approx(float(dm.test.sigma()) / res["test/sigma"], rel=1e-9)
+    assert float(m["train/gain"]) == pytest.approx(float(dm.train.sigma()) / float(m["train/sigma"]), rel=1e-9)
     ckpt = tmp_path / "flow.ckpt"
     trainer.save_checkpoint(ckpt)
     meta = torch.load(ckpt, weights_only=False)["mflow"]
@@ -331,7 +361,7 @@ def test_fit_validate_test_and_checkpoint_round_trip(tmp_path):
     for split in (dm.train, dm.val, dm.test):
         assert torch.equal(back.predict_metric(split), model.predict_metric(split))
     # resuming the fit continues the flow from the checkpoint
-    model2 = KernelFlow(kernel="gaussian", kernel_params={"sigma": 0.05}, lr=0.03, reduction="sum", steps_per_batch=2)
+    model2 = KernelFlow(QUINTIC, kernel="gaussian", kernel_params={"sigma": 0.05}, lr=0.03, reduction="sum", steps_per_batch=2)
     _trainer(tmp_path, max_epochs=4, enable_checkpointing=False).fit(model2, datamodule=dm, ckpt_path=ckpt)
     assert int(model2.flow.flow_steps) == 16
     # checkpoints of another kind / kernel are refused
@@ -351,18 +381,18 @@ def test_fit_validate_test_and_checkpoint_round_trip(tmp_path):
 def test_bad_input_is_refused_with_clear_errors(quintic, split, tmp_path):
     train, _, kappa = split
     with pytest.raises(ValueError, match="sigma must be finite and > 0"):
-        KernelFlow(kernel="gaussian", kernel_params={"sigma": -1.0})
+        KernelFlow(QUINTIC, kernel="gaussian", kernel_params={"sigma": -1.0})
     with pytest.raises(ValueError, match="sigma_w"):
-        KernelFlow(kernel="relu", kernel_params={"depth": 1, "sigma_w": 0.0})
+        KernelFlow(QUINTIC, kernel="relu", kernel_params={"depth": 1, "sigma_w": 0.0})
     with pytest.raises(ValueError, match="bad kernel_params"):
-        KernelFlow(kernel="gaussian", kernel_params={"width": 1.0})
+        KernelFlow(QUINTIC, kernel="gaussian", kernel_params={"width": 1.0})
     with pytest.raises(ValueError, match="unknown kernel"):
-        KernelFlow(kernel="laplace")
+        KernelFlow(QUINTIC, kernel="laplace")
     with pytest.raises(ValueError, match="not a metric loss"):
-        KernelFlow(loss="ricci")
+        KernelFlow(QUINTIC, loss="ricci")
     for kw in ({"lr": -1.0}, {"lr_step_decay": 0.0}, {"chart_mode": "x"}, {"pd_policy": "x"}, {"block": 0}):
         with pytest.raises(ValueError):
-            KernelFlow(**kw)
+            KernelFlow(QUINTIC, **kw)
     # an empty cluster
     labels = torch.zeros(len(train), dtype=torch.int64)
     labels[:30] = 2
@@ -422,7 +452,7 @@ res = {}
 for clustered in (True, False):
     kw = dict(n_points=200, val_fraction=0.25, test_fraction=0.25, batch_size=100 if clustered else 200, cache_dir=cache, seed=2)
     dm = ClusteredDataModule(n_clusters=3, cluster_batch_size=100, **kw) if clustered else CYDataModule(**kw)
-    model = KernelFlow(kernel="gaussian", kernel_params={"sigma": 0.05}, lr=0.03, reduction="sum", cache_mb=0.0, block=16,
+    model = KernelFlow(dm.surface, kernel="gaussian", kernel_params={"sigma": 0.05}, lr=0.03, reduction="sum", cache_mb=0.0, block=16,
                        lr_step_decay=0.9)
     trainer = L.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", max_epochs=3,
                         logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
@@ -529,12 +559,12 @@ def test_the_rescaling_trick_is_reachable_from_a_config(quintic, split, tmp_path
     trainer = main([
         "--config", str(ROOT / "conf" / "kernel_gaussian.yaml"), "--model.kernel=scaled",
         "--model.kernel_params={kernel: gaussian, kernel_params: {sigma: 30.0, inverse: true}, h: det_g_fs, power: -0.25}",
-        "--data.n_points=400", "--trainer.fast_dev_run=1", "--wandb=disabled", f"--run_dir={tmp_path / 'run'}",
+        "--data.n_points=400", "--trainer.fast_dev_run=1", "--wandb=off", f"--run_dir={tmp_path / 'run'}",
         f"--data.cache_dir={tmp_path / 'data'}",
     ])
     assert type(trainer.lightning_module.flow.kernel).__name__ == "Scaled" and trainer.state.finished
     with pytest.raises(ValueError, match="kernel 'scaled' takes"):
-        KernelFlow(kernel="scaled", kernel_params={"sigma": 1.0})
+        KernelFlow(QUINTIC, kernel="scaled", kernel_params={"sigma": 1.0})
 
 
 # ----------------------------------------------------------------------------- the network's own metric-NTK
@@ -555,7 +585,7 @@ def test_the_network_ntk_flow_of_a_linearized_model_is_its_sgd_trajectory(quinti
     from mflow.flows import NetworkFlow
 
     train, test, kappa = split
-    module = NetworkFlow(head="multfs", depth=2, width=16, activation="relu", out_scale=0.3, linearize=True,
+    module = NetworkFlow(QUINTIC, head="multfs", depth=2, width=16, activation="relu", out_scale=0.3, linearize=True,
                          optimizer="sgd", init_seed=3)
     ckpt = _network_checkpoint(module, tmp_path / "linearized.ckpt")
     model, lr, steps = module.model, 0.05, 3
@@ -569,7 +599,7 @@ def test_the_network_ntk_flow_of_a_linearized_model_is_its_sgd_trajectory(quinti
                 p -= lr * p.grad
     with torch.no_grad():
         g_train, g_test = model(train.z, train.patch, train.elim), model(test.z, test.patch, test.elim)
-    flow_module = KernelFlow(kernel="network_ntk", kernel_params={"checkpoint": str(ckpt), "base": "network"}, lr=lr,
+    flow_module = KernelFlow(QUINTIC, kernel="network_ntk", kernel_params={"checkpoint": str(ckpt), "base": "network"}, lr=lr,
                              reduction="mean", pd_policy="stop")
     f = flow_module.flow.attach(train, kappa)
     for _ in range(steps):
@@ -578,25 +608,25 @@ def test_the_network_ntk_flow_of_a_linearized_model_is_its_sgd_trajectory(quinti
     assert torch.allclose(f.metric, g_train, rtol=1e-9, atol=1e-13)
     assert torch.allclose(f.predict_metric(test), g_test, rtol=1e-9, atol=1e-13)
     # base fs: the same corrections, added to g_FS (the after kernel's flow)
-    fs = KernelFlow(kernel="network_ntk", kernel_params={"checkpoint": str(ckpt)}, lr=lr).flow.attach(train, kappa)
+    fs = KernelFlow(QUINTIC, kernel="network_ntk", kernel_params={"checkpoint": str(ckpt)}, lr=lr).flow.attach(train, kappa)
     assert torch.equal(fs.metric, train.g_fs)
     # a kernel flow checkpoint refuses a network checkpoint that changed since
     ck = {"state_dict": flow_module.state_dict(), "hyper_parameters": dict(flow_module.hparams)}
     flow_module.on_save_checkpoint(ck)
-    _network_checkpoint(NetworkFlow(head="multfs", depth=2, width=16, activation="relu", linearize=True, init_seed=4), ckpt)
+    _network_checkpoint(NetworkFlow(QUINTIC, head="multfs", depth=2, width=16, activation="relu", linearize=True, init_seed=4), ckpt)
     with pytest.raises(ValueError, match="has changed"):
-        KernelFlow(kernel="network_ntk", kernel_params={"checkpoint": str(ckpt), "base": "network"}).on_load_checkpoint(ck)
+        KernelFlow(QUINTIC, kernel="network_ntk", kernel_params={"checkpoint": str(ckpt), "base": "network"}).on_load_checkpoint(ck)
 
 
 def test_the_network_ntk_kernel_runs_from_the_command_line(tmp_path):
     from mflow.cli.train import main
     from mflow.flows import NetworkFlow
 
-    ckpt = _network_checkpoint(NetworkFlow(head="multfs", depth=2, width=8, init_seed=1), tmp_path / "net.ckpt")
+    ckpt = _network_checkpoint(NetworkFlow(QUINTIC, head="multfs", depth=2, width=8, init_seed=1), tmp_path / "net.ckpt")
     trainer = main([
         "--config", str(ROOT / "conf" / "kernel_gaussian.yaml"), "--model.kernel=network_ntk",
         f"--model.kernel_params={{checkpoint: {ckpt}}}", "--model.normalize=false", "--model.lr=0.01",
-        "--data.n_points=300", "--trainer.max_epochs=2", "--trainer.check_val_every_n_epoch=1", "--wandb=disabled",
+        "--data.n_points=300", "--trainer.max_epochs=2", "--trainer.check_val_every_n_epoch=1", "--wandb=off",
         f"--run_dir={tmp_path / 'run'}", f"--data.cache_dir={tmp_path / 'data'}",
     ])
     s = json.loads((tmp_path / "run" / "summary.json").read_text())

@@ -246,7 +246,7 @@ def test_registry_and_bad_parameters(pts):
         lambda: Scaled("gaussian", lambda p: p),
         lambda: EmpiricalNTK(width=0),
         lambda: EmpiricalNTK(activation="swish"),
-        lambda: EmpiricalNTK(parametrization="mup"),
+        lambda: EmpiricalNTK(parametrization="abc"),
         lambda: EmpiricalNTK(sigma_w=0.0),
     ]
     for f in bad:

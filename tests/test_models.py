@@ -149,9 +149,9 @@ def test_loss_weights_are_validated():
 def test_unknown_head_and_features_are_refused(quintic):
     with pytest.raises(ValueError, match="choose activation gelu"):
         MetricModel(quintic, "phifs", activation="relu")
-    with pytest.raises(ValueError, match="unknown head"):
+    with pytest.raises(ValueError, match="head must be one of"):
         MetricModel(quintic, "multFS2")
-    with pytest.raises(ValueError, match="unknown features"):
+    with pytest.raises(ValueError, match="features must be one of"):
         MetricModel(quintic, "multfs", features="pixels")
     with pytest.raises(ValueError, match="unknown activation"):
         MetricModel(quintic, "multfs", activation="swish9")

@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from mflow import ntk
+from mflow.choices import NTKKind, NTKMethod
 from mflow.io import pyplot, write_json, write_png
 from mflow.ntk.drift import analytic_relu_network_kernel, cka, frobenius, kernel_distance, network_kernel, relative_change
 from mflow.ntk.plan import check_kind_method
@@ -19,7 +20,7 @@ from mflow.ntk.plan import check_kind_method
 
 # ----------------------------------------------------------------------------- NTKDrift
 class NTKDrift(L.Callback):
-    """Tracks the empirical metric-NTK on a fixed probe set during fit (REFERENCE.md sec. 4).
+    """Tracks the empirical metric-NTK on a fixed probe set during fit (docs/conventions.md section 9).
 
     Probe: the first ``n_probe`` validation points, fixed at the start of fit and kept in the
     checkpoint. K_0 at fit start, K_t every ``every_n_steps`` optimizer steps, at the end of every
@@ -42,9 +43,9 @@ class NTKDrift(L.Callback):
     def __init__(
         self,
         n_probe: int = 64,
-        every_n_steps: int = 50,
-        kind: str = "trace",
-        method: str = "auto",
+        every_n_steps: int = 1000,
+        kind: NTKKind = "trace",
+        method: NTKMethod = "auto",
         analytic: bool = True,
         max_bytes: int = ntk.DEFAULT_MAX_BYTES,
         filename: str = "ntk_drift",
@@ -67,12 +68,18 @@ class NTKDrift(L.Callback):
         return self._generate_state_key(n_probe=self.n_probe, kind=self.kind, filename=self.filename)
 
     # ------------------------------------------------------------------ measuring
+    def check_data(self, datamodule) -> None:
+        """Refuse a datamodule without the validation points the probe needs (train.py asks before training)."""
+        val = getattr(datamodule, "val", None)
+        if val is None or len(val) < 2:
+            n = "no" if val is None else len(val)
+            raise ValueError(f"NTKDrift needs at least 2 validation points for its probe (n_probe={self.n_probe}); the "
+                             f"val split has {n}: raise --data.n_points or --data.val_fraction, or drop the callback")
+
     def _probe_points(self, trainer) -> tuple:
         dm = getattr(trainer, "datamodule", None)
-        val = getattr(dm, "val", None)
-        if val is None or len(val) < 2:
-            raise ValueError("NTKDrift needs a datamodule with a validation split (.val CYPoints) of at least 2 points")
-        p = val[: self.n_probe]
+        self.check_data(dm)
+        p = dm.val[: self.n_probe]
         return (p.z.clone(), p.patch.clone(), p.elim.clone())
 
     def kernel(self, pl_module) -> torch.Tensor:

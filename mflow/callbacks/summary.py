@@ -14,8 +14,9 @@ from .drift import NTKDrift
 
 class RunSummary(L.Callback):
     """Writes <run dir>/summary.json: manifold, model settings, the optimizer and scheduler that actually ran,
-    the loggers, point counts, sigma (initial, final), gains and non-positive-definite points on train / val /
-    test, epochs, seconds per epoch, the Ricci measure on val points (networks), the checkpoint, and the last
+    the loggers, point counts, sigma on train / val / test (``sigma_fs`` of the FS metric, ``sigma_init`` of the model
+    at initialisation, ``sigma_final``), ``gain`` = sigma_FS / sigma_final and ``reduction_from_init`` =
+    sigma_init / sigma_final (docs/conventions.md), non-positive-definite points, epochs, seconds per epoch, the Ricci measure on val points (networks), the checkpoint, and the last
     NTK-drift measurement (``ntk_drift``) when an NTKDrift callback ran. ``path`` is where it went."""
 
     def __init__(self, ricci_points: int = 1000):
@@ -25,6 +26,13 @@ class RunSummary(L.Callback):
         self._fit_seconds = 0.0
         self.path: Path | None = None
         self.summary: dict | None = None
+
+    def state_dict(self) -> dict:  # a resumed run's seconds per epoch cover its earlier epochs too
+        return {"fit_seconds": self._fit_seconds, "epochs_timed": self._epochs}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._fit_seconds = state_dict.get("fit_seconds", 0.0)
+        self._epochs = state_dict.get("epochs_timed", 0)
 
     def on_train_epoch_start(self, trainer, pl_module):
         self._t_epoch = time.perf_counter()
@@ -57,9 +65,11 @@ class RunSummary(L.Callback):
             "loggers": [type(lg).__name__ for lg in trainer.loggers],
             "points": {k: len(p["z"]) for k, p in splits.items()},
             "kappa": float(module.kappa),
-            "sigma_initial": initial,
+            "sigma_fs": {k: m["sigma_fs"] for k, m in measured.items()},
+            "sigma_init": initial,
             "sigma_final": final,
-            "gain": {k: initial[k] / final[k] for k in splits},
+            "gain": {k: measured[k]["sigma_fs"] / final[k] for k in splits},
+            "reduction_from_init": {k: initial[k] / final[k] for k in splits},
             "not_positive_definite": {k: m["not_pd"] for k, m in measured.items()},
             "ricci_measure_val": self._ricci(module, dm.val),
             "epochs": trainer.current_epoch,

@@ -37,6 +37,16 @@ def root_cause(e: BaseException) -> BaseException:
     return next((c for c in users if _raised_by_mflow(c)), users[0] if users else e)
 
 
+def first_sentence(message: str) -> str:
+    """A message's first sentence, on one line (never cut inside a sentence or a parenthesis)."""
+    text, depth = " ".join(str(message).split()), 0
+    for i, ch in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if ch in ".!?" and depth <= 0 and (i + 1 == len(text) or text[i + 1] == " "):
+            return text[: i + 1]
+    return text
+
+
 def one_line(e: BaseException) -> str:
     msg = " ".join(str(e).split()) or type(e).__name__
     return msg

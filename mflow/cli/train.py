@@ -3,7 +3,8 @@
 What a user asks for is honoured or refused with a message, never dropped:
   --run_dir / --trainer.default_root_dir   the run directory (one implies the other; two different ones are refused)
   --trainer.logger                         the user's loggers are used as given (then --wandb is refused)
-  --wandb offline | online | disabled      mflow's own logger; online must start, or the run stops before training
+  --wandb offline | online | off           W&B beside the CSV logger (<run dir>/csv, always); online must start
+                                           (login, server reachable) or the run stops before writing anything
   --trainer.callbacks                      kept, ModelCheckpoints included; mflow adds last.ckpt (resume), the best
                                            checkpoint by val/sigma and RunSummary (no checkpoints of its own with
                                            --trainer.enable_checkpointing=false: such a run cannot be resumed)
@@ -11,32 +12,48 @@ What a user asks for is honoured or refused with a message, never dropped:
                                            what ran); refused for kernel flows, which take no optimizer
   --trainer.enable_progress_bar            default: a bar on a terminal, one line per epoch otherwise
   --resume RUN_DIR | --ckpt_path CKPT      continue that run with its own settings (mflow.cli.resume)
+  --overwrite                              a new run in a directory that holds one replaces it (else refused)
+One run per directory, locked while it runs (mflow.cli.rundir); every check that can be made before training is
+made before anything is written, and a start that fails removes what it created.
 Run results: <run dir>/summary.json, config.yaml (the full configuration: ``--config`` it to rerun),
-checkpoints/ (last.ckpt and the best), ntk_drift.json/.png, the logger's files.
+checkpoints/ (last.ckpt = the final state, written when training ends, and the best by val sigma),
+ntk_drift.json/.png, the loggers' files.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 import time
-import warnings
+from contextlib import nullcontext
 from pathlib import Path
 
 import lightning as L
 import yaml
 import torch
-from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from mflow.callbacks import EpochLines, RunSummary
+from mflow.callbacks.checkpoints import LastCheckpoint, RunCheckpoint
+from mflow.configs import default_config
 from mflow.flows.checkpoint import AtomicCheckpointIO
-from mflow.io import atomic_write, remove_stale_temporaries
+from mflow.io import atomic_write, check_writable, remove_stale_temporaries
 
-from .loggers import WANDB_MODES, describe, make_logger, quiet_dependencies
-from .resume import parse_options, resume_arguments
+from .options import choice_error, help_formatter, train_choices
+from .threads import configure_threads, thread_share
+from .loggers import check_mode, check_online, describe, make_loggers, quiet_dependencies
+from .resume import Resume, parse_options, resume_arguments
+from .rundir import RunDir, new_run_id
 
-LINKED = ("manifold", "psi", "ambient_n", "surface_seed", "kahler")
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "conf" / "default.yaml"
+DEFAULT_CONFIG = default_config()  # conf/default.yaml, of the checkout or of the installed wheel (missing: an error)
+
+
+TRAINER_DEFAULTS = {  # max_epochs: conf/default.yaml's (tests/test_defaults.py holds the code defaults equal to it)
+    "max_epochs": 10, "accelerator": "auto", "devices": "auto", "log_every_n_steps": 10, "logger": False,
+    "inference_mode": False,  # derivative heads (phifs) and curvature need autograd in val/test
+    "enable_model_summary": False,
+}
 
 
 class RunConfig(SaveConfigCallback):
@@ -48,6 +65,7 @@ class RunConfig(SaveConfigCallback):
     def save_config(self, trainer, pl_module, stage) -> None:
         cfg = self.config.clone()  # the run's settings, not where it went nor what it resumed from:
         cfg.run_dir = cfg.resume = cfg.ckpt_path = cfg.trainer.default_root_dir = None  # --config it to rerun elsewhere
+        cfg.overwrite = False  # (the run id stays: --resume reads it; a new run from this file gets its own)
         text = self.parser.dump(cfg, skip_none=False)
         atomic_write(Path(trainer.default_root_dir) / self.config_filename, lambda tmp: Path(tmp).write_text(text))
 
@@ -58,35 +76,39 @@ class MflowCLI(LightningCLI):
             "model": {"class_path": "mflow.flows.network.NetworkFlow"},
             "data": {"class_path": "mflow.data.datamodule.CYDataModule"},
         })
-        for k in LINKED:
-            parser.link_arguments(f"data.init_args.{k}", f"model.init_args.{k}")
+        # the manifold is configured once, in the data section: the model is built on the datamodule's
+        parser.link_arguments("data.surface", "model.init_args.surface", apply_on="instantiate")
         parser.add_argument("--run_dir", type=str | None, default=None,
                             help="where results go (default: --trainer.default_root_dir, else runs/<time>-<head>)")
         parser.add_argument("--resume", type=str | None, default=None, help="continue this run directory with its own settings")
         parser.add_argument("--ckpt_path", type=str | None, default=None, help="continue the run that wrote this checkpoint")
         parser.add_argument("--wandb", type=str | None, default=None,
-                            help="mflow's logger: offline (default) | online | disabled (CSV); not with --trainer.logger")
+                            help="W&B beside the CSV logger: offline (default) | online | off; not with --trainer.logger")
+        parser.add_argument("--overwrite", type=bool, nargs="?", const=True, default=False,
+                            help="a new run in a directory that holds a run replaces it (its files are removed first)")
+        parser.add_argument("--run_id", type=str | None, default=None,
+                            help="set by train.py: the run's id (in its checkpoints; its W&B id); not an option to give")
         parser.add_argument("--test", type=bool, default=True, help="run the test split after fit")
         parser.add_argument("--num_threads", type=int | None, default=None,
-                            help="torch CPU threads (default: torch's, all cores: fastest for every job measured, "
-                                 "bench/bench_threads.py)")
+                            help="torch CPU threads (default: the machine's cores shared among the mflow runs on it, "
+                                 "re-checked every epoch: mflow.cli.threads)")
         parser.add_argument("--checkpoint_every_n_steps", type=int, default=200,
                             help="last.ckpt is rewritten this often (mid-epoch resume)")
 
     def before_instantiate_classes(self):
         cfg = self.config
         model_class = cfg.model.class_path
-        if cfg.num_threads is not None:
-            torch.set_num_threads(cfg.num_threads)
-        cfg.num_threads = torch.get_num_threads()  # recorded in config.yaml
+        configure_threads(cfg.num_threads)  # None (recorded so in config.yaml): the fair share, re-checked per epoch
         user_logger = cfg.trainer.logger not in (None, False)
         if user_logger and cfg.wandb is not None:
             raise ValueError("--wandb sets mflow's own logger; with --trainer.logger give your loggers there (a "
                              "WandbLogger among them, if you want W&B) and leave --wandb out")
         if not user_logger:
             cfg.wandb = cfg.wandb or "offline"
-            if cfg.wandb not in WANDB_MODES:
-                raise ValueError(f"--wandb must be one of {WANDB_MODES}, not {cfg.wandb!r}")
+            check_mode(cfg.wandb)
+        check_accelerator(str(cfg.trainer.accelerator))
+        if cfg.ckpt_path is None or cfg.run_id is None:  # a new run (even from another run's config.yaml) gets its own
+            cfg.run_id = new_run_id()
         root = cfg.trainer.default_root_dir
         if cfg.run_dir is not None and root is not None and Path(cfg.run_dir).resolve() != Path(root).resolve():
             raise ValueError(f"--run_dir={cfg.run_dir} and --trainer.default_root_dir={root} differ: give one of them "
@@ -103,18 +125,28 @@ class MflowCLI(LightningCLI):
                   "optimizer and schedule (model.optimizer, lr, lr_decay are not used); summary.json records what ran")
         if cfg.trainer.enable_progress_bar is None:
             cfg.trainer.enable_progress_bar = sys.stdout.isatty()
-        for d in (Path(cfg.run_dir), Path(cfg.run_dir) / "checkpoints"):
-            remove_stale_temporaries(d)
 
 
-def build_trainer_extras(cli: MflowCLI, extra_callbacks=()) -> RunSummary:
-    """mflow's additions to the trainer: atomic checksummed checkpoints, the logger, last.ckpt and the best
-    checkpoint, the run summary, epoch lines when there is no progress bar; returns the RunSummary."""
+class _Parsed(Exception):
+    """Carries the parsed configuration out of :class:`_ParseOnly`."""
+
+
+class _ParseOnly(MflowCLI):
+    """Parses a command line and stops before anything is set or built (mflow.cli.resume compares settings)."""
+
+    def before_instantiate_classes(self):
+        raise _Parsed(self.config)
+
+
+def build_trainer_extras(cli: MflowCLI, extra_callbacks=()) -> tuple[RunSummary, LastCheckpoint | None]:
+    """mflow's additions to the trainer: atomic checksummed checkpoints, the loggers, last.ckpt and the best
+    checkpoint, the run summary, epoch lines when there is no progress bar; returns the RunSummary and the
+    last.ckpt callback (None without checkpointing)."""
     cfg, trainer = cli.config, cli.trainer
     trainer.strategy.checkpoint_io = AtomicCheckpointIO()
-    if cfg.wandb is not None:  # mflow's own logger (the user gave none)
-        trainer.loggers = [make_logger(cfg.run_dir, cfg.wandb)]
-    summary = RunSummary()
+    if cfg.wandb is not None:  # mflow's own loggers (the user gave none)
+        trainer.loggers = make_loggers(cfg.run_dir, cfg.wandb, cfg.run_id)
+    summary, last = RunSummary(), None
     callbacks = list(trainer.callbacks)
     user_checkpoints = any("Checkpoint" in str(c.get("class_path", "")) for c in (cfg.trainer.callbacks or [])
                            if hasattr(c, "get"))
@@ -122,51 +154,141 @@ def build_trainer_extras(cli: MflowCLI, extra_callbacks=()) -> RunSummary:
         callbacks = [c for c in callbacks if not isinstance(c, Checkpoint)]
     if cfg.trainer.enable_checkpointing is not False:
         ckpt_dir = str(Path(cfg.run_dir) / "checkpoints")
+        last = LastCheckpoint(ckpt_dir, cfg.checkpoint_every_n_steps, cfg.run_id)
         callbacks += [
-            ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch}-sigma{val/sigma:.4f}", auto_insert_metric_name=False,
-                            monitor="val/sigma", mode="min"),
-            ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True, every_n_train_steps=cfg.checkpoint_every_n_steps),
+            RunCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch}-sigma{val/sigma:.4f}", auto_insert_metric_name=False,
+                          monitor="val/sigma", mode="min"),
+            last,
         ]
     callbacks += [summary, *extra_callbacks] + ([] if cfg.trainer.enable_progress_bar else [EpochLines()])
+    callbacks += [thread_share()] if cfg.num_threads is None else []
     # checkpoints last, as Lightning orders them: they then hold what the other callbacks did in that step
     trainer.callbacks[:] = [c for c in callbacks if not isinstance(c, Checkpoint)] + [c for c in callbacks if isinstance(c, Checkpoint)]
-    return summary
+    return summary, last
+
+
+def make_cli(argv: list[str], cls=MflowCLI) -> MflowCLI:
+    """The CLI of a command line: parsed and built (model, data, trainer; nothing written)."""
+    defaults = [str(DEFAULT_CONFIG)] if DEFAULT_CONFIG.exists() else []
+    check_config_files(defaults + [v for k, v in parse_options(argv) if k in ("config", "c") and v])
+    try:
+        return cls(
+            L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, run=False,
+            args=argv, save_config_callback=RunConfig, save_config_kwargs={"overwrite": True},
+            trainer_defaults=TRAINER_DEFAULTS,
+            seed_everything_default=0,
+            parser_kwargs={"default_env": False, "default_config_files": defaults, "exit_on_error": False,
+                           "epilog": train_choices(), "formatter_class": help_formatter()},
+        )
+    except argparse.ArgumentError as e:
+        raise ValueError(choice_error(str(e)) or f"{condensed(str(e))} (train.py --help lists the options)") from None
+    except MisconfigurationException as e:  # Lightning's refusal of a trainer setting
+        raise ValueError(f"{e} (a --trainer setting)") from None
+
+
+def settings(argv: list[str]) -> dict:
+    """The settings a command line resolves to, flat ({'model.init_args.lr': 0.01, ...}); nothing is built."""
+    try:
+        make_cli(argv, cls=_ParseOnly)
+    except _Parsed as parsed:
+        return flatten(parsed.args[0].as_dict())
+    raise AssertionError("unreachable")
 
 
 def main(args=None, callbacks=()):
     """train.py: fit (+ test) as the command line says; ``callbacks`` are added to mflow's own (benchmarks and
-    tests use this). Returns the trainer."""
+    tests use this). Returns the trainer (None when a resumed run had nothing left to do)."""
     quiet_dependencies()
     argv = list(sys.argv[1:] if args is None else args)
-    argv, resumed = resume_arguments(argv)
-    defaults = [str(DEFAULT_CONFIG)] if DEFAULT_CONFIG.exists() else []
-    check_config_files(defaults + [v for k, v in parse_options(argv) if k in ("config", "c") and v])
-    try:
-        cli = MflowCLI(
-            L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, run=False,
-            args=argv, save_config_callback=RunConfig, save_config_kwargs={"overwrite": True},
-            trainer_defaults={
-                "max_epochs": 20, "accelerator": "auto", "devices": "auto", "log_every_n_steps": 10, "logger": False,
-                "inference_mode": False,  # derivative heads (phifs) and curvature need autograd in val/test
-                "enable_model_summary": False,
-            },
-            seed_everything_default=0,
-            parser_kwargs={"default_env": False, "default_config_files": defaults, "exit_on_error": False},
-        )
-    except argparse.ArgumentError as e:
-        raise ValueError(f"{condensed(str(e))} (train.py --help lists the options)") from None
-    if resumed is not None:
-        warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+    check_values(parse_options(argv))
+    argv, resumed = resume_arguments(argv, settings)
+    cli = make_cli(argv)
     cfg, trainer = cli.config, cli.trainer
-    summary = build_trainer_extras(cli, callbacks)
-    if resumed is not None:
-        print(f"[mflow] resuming {resumed} from {cfg.ckpt_path}")
-    trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cfg.ckpt_path)
-    if cfg.test and not trainer.interrupted:
-        trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
+    if resumed is not None and nothing_left(resumed, trainer):
+        print(f"[mflow] {resumed.run} is finished ({resumed.epoch} epochs, step {resumed.step}): nothing to do "
+              "(a larger --trainer.max_epochs or --trainer.max_steps continues it)")
+        return None
+    check_writable(cfg.run_dir, "run directory")
+    if cfg.wandb == "online":
+        check_online()
+    note = duration_note(trainer.max_epochs, trainer.max_steps, cfg.trainer.max_time)
+    if note and trainer.is_global_zero:
+        print(note)
+    with RunDir(cfg.run_dir, new_run=resumed is None, overwrite=cfg.overwrite, active=trainer.global_rank == 0):
+        for d in (Path(cfg.run_dir), Path(cfg.run_dir) / "checkpoints"):
+            remove_stale_temporaries(d)
+        check_data(cli)
+        summary, last = build_trainer_extras(cli, callbacks)
+        if resumed is not None:
+            print(f"[mflow] resuming {resumed.run} from {cfg.ckpt_path} (step {resumed.step})")
+        with last.interruptible() if last is not None else nullcontext():
+            trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cfg.ckpt_path)
+        stopped = last is not None and last.stop_requested
+        if cfg.test and not trainer.interrupted and not stopped:
+            trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
     if trainer.is_global_zero:
+        if stopped:
+            print(f"[mflow] interrupted at step {trainer.global_step}: {last.last_model_path} holds this state; "
+                  f"--resume {cfg.run_dir} continues the run")
         print(final_message(cfg.run_dir, summary, trainer))
     return trainer
+
+
+def check_data(cli) -> None:
+    """Load the points and check them against the callbacks (``check_data(datamodule)``) before training."""
+    dm = cli.datamodule
+    dm.prepare_data()
+    dm.setup("fit")
+    for cb in cli.trainer.callbacks:
+        if hasattr(cb, "check_data"):
+            cb.check_data(dm)
+
+
+def nothing_left(resumed: Resume, trainer) -> bool:
+    """Whether a run resumed from its final state has reached the trainer's max_epochs / max_steps."""
+    if resumed.end is None:  # a checkpoint written during training: the epoch it holds is not over
+        return False
+    steps, epochs = trainer.max_steps, trainer.max_epochs
+    return (steps not in (None, -1) and resumed.step >= steps) or (epochs not in (None, -1) and resumed.epoch >= epochs)
+
+
+def duration_note(max_epochs, max_steps, max_time) -> str | None:
+    """What a run without an epoch or step limit does, said at its start (None when it has one)."""
+    if max_epochs not in (None, -1) or max_steps not in (None, -1):
+        return None
+    until = f"max_time={max_time}" if max_time else "stopped"
+    return (f"[mflow] --trainer.max_epochs=-1: training runs until {until} (Ctrl-C stops it after the current step "
+            "and saves the state to checkpoints/last.ckpt)")
+
+
+def check_accelerator(accelerator: str) -> None:
+    """Refuse an accelerator this machine does not have, in one line."""
+    name = accelerator.lower()
+    if name in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--trainer.accelerator={accelerator}: torch finds no GPU on this machine; use "
+                         "--trainer.accelerator=cpu (or auto)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("--trainer.accelerator=mps: MPS is not available here; use --trainer.accelerator=cpu (or auto)")
+
+
+def check_values(opts) -> None:
+    """Refuse NaN and infinite numbers on the command line (jsonargparse's message does not say why)."""
+    for k, v in opts:
+        if v is not None and v.strip().lower().lstrip("+-") in ("nan", "inf", "infinity"):
+            name = k.rsplit(".", 1)[-1]
+            kind = "a positive finite number" if name == "lr" or name.endswith("_lr") else "a finite number"
+            raise ValueError(f"--{k}={v}: {name} must be {kind}")
+        if k == "run_id":
+            raise ValueError("--run_id is set by train.py (a new run gets a new one); --resume RUN_DIR continues a run")
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """Nested dicts as one dict with dotted keys (lists and other values kept whole)."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(flatten(v, key + ".") if isinstance(v, dict) and v else {key: v})
+    return out
 
 
 def check_config_files(paths) -> None:
@@ -194,7 +316,8 @@ def final_message(run_dir: str, summary: RunSummary, trainer) -> str:
     figures = ""
     if s:
         sig, gain = s["sigma_final"], s["gain"]
-        figures = f" val sigma {sig['val']:.4g} (gain {gain['val']:.3g}), test sigma {sig['test']:.4g} (gain {gain['test']:.3g});"
+        figures = (f" val sigma {sig['val']:.4g} (gain sigma_FS / sigma {gain['val']:.3g}), test sigma "
+                   f"{sig['test']:.4g} (gain {gain['test']:.3g});")
     where = [f"summary.json,{figures} config.yaml, checkpoints/"]
     where += [describe(lg) for lg in trainer.loggers]
     return f"[mflow] results in {run_dir}: " + "; ".join(where)

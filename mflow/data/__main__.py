@@ -1,4 +1,5 @@
-"""Command line: ``python -m mflow.data sample ...`` writes a point-set file; ``info FILE`` checks and describes one."""
+"""Command line: ``python -m mflow.data sample --n_points N --out FILE ...`` writes a point-set file; ``info FILE``
+checks and describes one."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +9,7 @@ import time
 
 import torch
 
+from mflow.cli.options import Parser, add_num_threads, set_threads
 from mflow.geometry.presets import PRESETS, surface_from_args
 from mflow.geometry.volume import kappa, real_det, sigma
 
@@ -17,7 +19,7 @@ from .pointset import DEFAULT_CHUNK, PointSetError, load_pointset, sample_points
 
 
 def _fs_summary(points) -> tuple[float, float]:
-    """(kappa, sigma) of the Fubini-Study metric on these points (REFERENCE.md section 1, eq. B.10-B.11)."""
+    """(kappa, sigma) of the Fubini-Study metric on these points (docs/conventions.md section 5, eq. B.10-B.11)."""
     d = real_det(points.g_fs)
     return float(kappa(points.weights, d, points.omega_sq)), float(sigma(points.weights, d, points.omega_sq))
 
@@ -25,14 +27,14 @@ def _fs_summary(points) -> tuple[float, float]:
 def cmd_sample(a: argparse.Namespace) -> int:
     surface = surface_from_args(a.manifold, a.psi, a.ambient_n, a.surface_seed, a.kahler)
     t0 = time.perf_counter()
-    print(f"sampling {a.n} points on {surface.name} ({surface.ambient}, t = {surface.kahler}, fingerprint "
+    print(f"sampling {a.n_points} points on {surface.name} ({surface.ambient}, t = {surface.kahler}, fingerprint "
           f"{surface.fingerprint()}), seed {a.seed}",
           flush=True)
-    points = sample_pointset(surface, a.n, a.seed, chunk_size=a.chunk_size, progress=a.n > a.chunk_size,
+    points = sample_pointset(surface, a.n_points, a.seed, chunk_size=a.chunk_size, progress=a.n_points > a.chunk_size,
                              population=a.population)
     t_sample = time.perf_counter() - t0
     path = save_pointset(a.out, points, surface, seed=a.seed, val_fraction=a.val_fraction,
-                         extra={"n_requested": a.n, "chunk_size": a.chunk_size, "population": a.population})
+                         extra={"n_requested": a.n_points, "chunk_size": a.chunk_size, "population": a.population})
     k, s = _fs_summary(points)
     print(f"wrote {path}: {len(points)} points, kappa(FS) = {k:.6g}, sigma(FS) = {s:.4f}, "
           f"sampled in {t_sample:.2f} s, total {time.perf_counter() - t0:.2f} s")
@@ -67,30 +69,31 @@ def _moduli(text: str) -> list[float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m mflow.data", description=__doc__)
+    p = Parser(prog="python -m mflow.data", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("sample", help="sample points on a CY manifold and write a point-set file",
+    s = sub.add_parser("sample", renamed={"--n": "--n_points"}, help="sample points on a CY manifold and write a point-set file",
                        description="Points from random linear subspaces (Shiffman-Zelditch for one P^n) with weights "
                                    "and |Omega|^2, written atomically to an .npz "
                                    "that also holds cymetric's X_train/y_train/X_val/y_val keys.")
     s.add_argument("--manifold", default="fermat_quintic", choices=sorted(PRESETS), help="preset (default fermat_quintic)")
-    s.add_argument("--n", type=int, required=True, help="number of points")
+    s.add_argument("--n_points", type=int, required=True, help="number of points")
     s.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     s.add_argument("--out", required=True, help="output .npz path (written atomically)")
     s.add_argument("--psi", type=float, default=None,
                    help="deformation psi (manifolds dwork, default 0, and two_cubics, default 0.5)")
-    s.add_argument("--ambient-n", type=int, default=4, help="P^n of manifold random (default 4)")
-    s.add_argument("--surface-seed", type=int, default=0,
+    s.add_argument("--ambient_n", type=int, default=4, help="P^n of manifold random (default 4)")
+    s.add_argument("--surface_seed", type=int, default=0,
                    help="coefficient seed of the generic presets random, bicubic, p1p3, tetraquadric (default 0)")
     s.add_argument("--kahler", type=_moduli, default=None,
                    help="Kaehler moduli t, one per factor, comma-separated, e.g. 1,2 (default: all 1)")
     s.add_argument("--population", default="all_charts", choices=POPULATIONS,
                    help="all_charts (default) or one_chart: the points of the most common chart only (the paper's sec. 3.1)")
-    s.add_argument("--val-fraction", type=float, default=0.1, help="cymetric X_val/y_val fraction (default 0.1)")
+    s.add_argument("--val_fraction", type=float, default=0.1, help="cymetric X_val/y_val fraction (default 0.1)")
     s.add_argument("--basis", action="store_true",
                    help="also write cymetric's basis.pickle beside the output (with the file, a cymetric dataset)")
-    s.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK,
+    s.add_argument("--chunk_size", type=int, default=DEFAULT_CHUNK,
                    help=f"points sampled per chunk (memory bound; part of the seed's meaning; default {DEFAULT_CHUNK})")
+    add_num_threads(s)
     s.set_defaults(func=cmd_sample)
     i = sub.add_parser("info", help="verify a point-set file and print its metadata",
                        description="Checks format version, checksum, that p vanishes at the points and that stored "
@@ -102,10 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    torch.set_num_threads(min(torch.get_num_threads(), 16))
     a = build_parser().parse_args(argv)
-    if a.command == "sample" and a.n < 1:
-        build_parser().error("--n must be positive")
+    if a.command == "sample" and a.n_points < 1:
+        build_parser().error("--n_points must be positive")
+    if set_threads(a) > 16 and getattr(a, "num_threads", None) is None:  # sampling gains nothing beyond 16
+        torch.set_num_threads(16)
     try:
         return a.func(a)
     except ValueError as e:  # NotCalabiYauError, bad parameters

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from mflow.choices import Linkage, Manifold, Merge, Population
 from mflow.geometry.points import check_points
 
 from .clustering import batched_clustering, check_labels, check_settings
@@ -33,13 +34,13 @@ class ClusteredDataModule(CYDataModule):
 
     def __init__(
         self,
-        manifold: str = "fermat_quintic",
+        manifold: Manifold = "fermat_quintic",
         psi: float | None = None,
         ambient_n: int = 4,
         surface_seed: int = 0,
         kahler: list[float] | None = None,
         n_points: int = 100_000,
-        population: str = "all_charts",
+        population: Population = "all_charts",
         seed: int = 0,
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,
@@ -50,8 +51,8 @@ class ClusteredDataModule(CYDataModule):
         num_workers: int = 0,
         n_clusters: int = 1,
         cluster_batch_size: int = 10_000,
-        merge: str = "greedy",
-        linkage: str = "complete",
+        merge: Merge = "greedy",
+        linkage: Linkage = "complete",
         cluster_seed: int | None = None,
     ):
         super().__init__(

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from mflow.choices import check_choice
 from mflow.checks import integer
 from mflow.geometry.distance import fs_distance_matrix
 from mflow.geometry.points import as_z
@@ -92,10 +93,8 @@ def check_settings(n_clusters: int, batch_size: int, merge: str, linkage: str, b
     name is the caller's: ``batch_name``)."""
     integer("n_clusters", n_clusters)
     integer(batch_name, batch_size)
-    if merge not in MERGES:
-        raise ValueError(f"merge must be one of {MERGES}, got {merge!r}")
-    if linkage not in LINKAGES:
-        raise ValueError(f"linkage must be one of {LINKAGES}, got {linkage!r}")
+    check_choice("merge", merge, MERGES)
+    check_choice("linkage", linkage, LINKAGES)
     if n_clusters > batch_size:
         raise ValueError(f"n_clusters = {n_clusters} exceeds {batch_name} = {batch_size}")
 

@@ -26,6 +26,8 @@ from mflow.geometry.points import CYPoints
 from mflow.geometry.charts import factor_metrics, kahler_metric
 from mflow.geometry.volume import kappa, kappa_of_moduli, moduli_polynomial, real_det
 
+from mflow.choices import Manifold, Population, check_choice
+
 from .population import check_population
 from .samplers import ResumableLoader, ShardedBatchSampler
 from .pointset import (
@@ -90,18 +92,18 @@ class CYDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        manifold: str = "fermat_quintic",
+        manifold: Manifold = "fermat_quintic",
         psi: float | None = None,
         ambient_n: int = 4,
         surface_seed: int = 0,
         kahler: list[float] | None = None,
         kahler_range: list[list[float]] | None = None,
         n_points: int = 100_000,
-        population: str = "all_charts",
+        population: Population = "all_charts",
         seed: int = 0,
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,
-        batch_size: int = 4096,
+        batch_size: int = 128,
         path: str | None = None,
         cache: bool = True,
         cache_dir: str | None = None,
@@ -109,8 +111,7 @@ class CYDataModule(L.LightningDataModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        if manifold not in PRESETS:
-            raise ValueError(f"unknown manifold {manifold!r}: set manifold to one of {sorted(PRESETS)}")
+        check_choice("manifold", manifold, Manifold)
         try:
             self.surface: CompleteIntersection = surface_from_args(manifold, psi, ambient_n, surface_seed, kahler)
         except NotCalabiYauError as e:
@@ -142,6 +143,8 @@ class CYDataModule(L.LightningDataModule):
         self.family: dict[str, dict[str, torch.Tensor]] = {}
         self.kappa_fs: float | None = None
         self.split_indices: dict[str, torch.Tensor] = {}
+        self.points_file: Path | None = None  # the file the points were read from (None: sampled in memory)
+        self.points_digest: str | None = None  # its content's identity (points_digest)
 
     # ------------------------------------------------------------------ files
     @property
@@ -149,9 +152,7 @@ class CYDataModule(L.LightningDataModule):
         """Where the sampled set is cached (None without cache_dir or when loading path)."""
         if self.path is not None or not self.cache:
             return None
-        tag = "" if self.population == "all_charts" else f"-{self.population}"
-        name = f"{self.surface.name}-{self.surface.fingerprint()}-n{self.n_points}{tag}-seed{self.seed}.npz"
-        return Path(self.cache_dir) / name
+        return Path(self.cache_dir) / cache_file_name(self.surface, self.n_points, self.population, self.seed)
 
     def _sample(self):
         return sample_pointset(self.surface, self.n_points, self.seed, progress=self.n_points > 200_000,
@@ -172,19 +173,7 @@ class CYDataModule(L.LightningDataModule):
 
     def _load_points(self) -> CYPoints:
         if self.path is not None:
-            if is_cymetric_file(self.path):
-                if self.population != "all_charts":
-                    raise PointSetError(f"{self.path} is a cymetric file: its points are used as they are (population all_charts)")
-                return load_cymetric(self.path, self.surface)
-            try:
-                ps = load_pointset(self.path, self.surface)
-            except PointSetError as e:
-                raise PointSetError(f"{e} (check manifold / psi / ambient_n / surface_seed / kahler match the file)") from e
-            stored = ps.metadata.get("population", "all_charts")
-            if stored != self.population:
-                raise PointSetError(f"{self.path} holds {stored} points, but population={self.population}: set "
-                                    f"data.population={stored} (a file's points keep the population they were sampled with)")
-            return ps.points
+            return read_points(self.path, self.surface, self.population)
         cp = self.cache_path
         if cp is None:
             return self._sample()
@@ -193,7 +182,7 @@ class CYDataModule(L.LightningDataModule):
         try:
             ps = load_pointset(cp, self.surface)
         except PointSetError as e:
-            raise PointSetError(f"invalid cached point set: {e}\nDelete {cp} and rerun to resample it.") from e
+            raise PointSetError(f"invalid cached point set: {e.problem}", f"delete {cp} and rerun to resample it") from e
         meta = ps.metadata
         wanted = (self.seed, self.n_points, DEFAULT_CHUNK, self.population)
         if (meta.get("seed"), meta.get("n_requested"), meta.get("chunk_size"), meta.get("population", "all_charts")) != wanted:
@@ -211,18 +200,16 @@ class CYDataModule(L.LightningDataModule):
         if self.train is not None:
             return
         points = self._load_points()
+        self.points_file = Path(self.path) if self.path is not None else self.cache_path
+        self.points_digest = points_digest(self.points_file) if self.points_file is not None else None
         n_train, n_val, n_test = _split_sizes(len(points), self.val_fraction, self.test_fraction)
         if n_train < 1:
             raise ValueError(
                 f"{len(points)} points are too few for val_fraction={self.val_fraction}, "
                 f"test_fraction={self.test_fraction}: use more points"
             )
-        perm = torch.randperm(len(points), generator=torch.Generator().manual_seed(self.seed))
-        self.split_indices = {
-            "train": perm[:n_train],
-            "val": perm[n_train : n_train + n_val],
-            "test": perm[n_train + n_val :],
-        }
+        self.split_indices = split_indices(len(points), self.seed, self.val_fraction, self.test_fraction, points.system)
+        self.split_by_system = points.system is not None
         self.train = points[self.split_indices["train"]]
         self.val = points[self.split_indices["val"]]
         self.test = points[self.split_indices["test"]]
@@ -244,6 +231,18 @@ class CYDataModule(L.LightningDataModule):
                 poly = moduli_polynomial(gs, p.weights, p.omega_sq)
             p.g_fs = kahler_metric(gs, t)
             self.family[s] = {"kahler": t, "kappa": kappa_of_moduli(poly, t)}
+
+    def points_record(self) -> dict:
+        """What a checkpoint records of these points (FlowModule writes it in checkpoint["mflow"]["data"]) so that
+        evaluation finds the train points without a datamodule (mflow.evaluation.checkpoints.train_points): the
+        file they were read from and its digest, the settings that regenerate a sampled set, the split rule."""
+        if self.train is None:
+            raise RuntimeError("call setup() before asking for the points' record")
+        n = len(self.train) + len(self.val) + len(self.test)
+        return {**points_record_of(self.hparams, self.surface, self.cache_dir), "digest": self.points_digest,
+                "file": None if self.points_file is None else str(Path(self.points_file).resolve()),
+                "split": {"n": n, "seed": self.seed, "val_fraction": self.val_fraction,
+                          "test_fraction": self.test_fraction, "by_system": self.split_by_system}}
 
     def batch_of(self, split: str) -> dict[str, torch.Tensor]:
         """A whole split as one batch dict (what the loaders give, all rows)."""
@@ -300,6 +299,111 @@ def default_cache_dir() -> Path:
     """Where sampled point sets are cached by default: $MFLOW_CACHE_DIR, else ~/.cache/mflow/points."""
     env = os.environ.get("MFLOW_CACHE_DIR")
     return Path(env) if env else Path.home() / ".cache" / "mflow" / "points"
+
+
+def read_points(path, surface: CompleteIntersection, population: str = "all_charts") -> CYPoints:
+    """The points of a file (an mflow point set or a cymetric dataset.npz) on ``surface``, refused (PointSetError)
+    when they are of another manifold or population."""
+    if is_cymetric_file(path):
+        if population != "all_charts":
+            raise PointSetError(f"{path} is a cymetric file: its points are used as they are (population all_charts)")
+        return load_cymetric(path, surface)
+    try:
+        ps = load_pointset(path, surface)
+    except PointSetError as e:
+        raise PointSetError(f"{e} (check manifold / psi / ambient_n / surface_seed / kahler match the file)") from e
+    stored = ps.metadata.get("population", "all_charts")
+    if stored != population:
+        raise PointSetError(f"{path} holds {stored} points, but population={population}: set "
+                            f"data.population={stored} (a file's points keep the population they were sampled with)")
+    return ps.points
+
+
+def cache_file_name(surface: CompleteIntersection, n_points: int, population: str, seed: int) -> str:
+    """The name of a sampled set's cache file (in the cache directory)."""
+    tag = "" if population == "all_charts" else f"-{population}"
+    return f"{surface.name}-{surface.fingerprint()}-n{n_points}{tag}-seed{seed}.npz"
+
+
+def split_indices(n: int, seed: int, val_fraction: float, test_fraction: float,
+                  system: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The train / val / test rows of n points (the one rule of every split; checkpoints record its arguments,
+    mflow.evaluation.checkpoints.train_points applies it).
+
+    With the points' sampling systems (labels [n], mflow.geometry.montecarlo) whole systems go to each split: the
+    systems in an order seeded by ``seed``, their points in file order, cut at the system boundaries nearest the
+    split sizes (each size within one system of the requested one, none empty that is asked for). Without
+    (system None: unknown, e.g. a cymetric file): a permutation of the points seeded by ``seed``, cut at the sizes.
+    """
+    n_train, n_val, n_test = _split_sizes(n, val_fraction, test_fraction)
+    gen = torch.Generator().manual_seed(seed)
+    if system is None:
+        perm = torch.randperm(n, generator=gen)
+        c1, c2 = n_train, n_train + n_val
+    else:
+        _, inv = torch.unique(system, return_inverse=True)
+        rank = torch.argsort(torch.randperm(int(inv.max()) + 1, generator=gen))  # each system's place in the order
+        perm = torch.argsort(rank[inv], stable=True)  # systems in that order, points in file order
+        bounds = torch.cat([torch.zeros(1, dtype=torch.int64), torch.bincount(rank[inv]).cumsum(0)])
+        need_val, need_test = int(n_val > 0), int(n_test > 0)
+        if len(bounds) - 1 < 1 + need_val + need_test:
+            raise _too_few_systems(bounds)
+        hi = n - need_test
+        if need_val:  # the val / test cut first, leaving a system below it for train
+            c2 = _nearest(bounds, n_train + n_val, int(bounds[2]), hi)
+            c1 = _nearest(bounds, n_train, 1, c2 - 1)
+        else:
+            c1 = c2 = _nearest(bounds, n_train, 1, hi)
+    return {"train": perm[:c1], "val": perm[c1:c2], "test": perm[c2:]}
+
+
+def _nearest(bounds: torch.Tensor, target: int, lo: int, hi: int) -> int:
+    """The system boundary in [lo, hi] nearest target (the lower one on a tie); ValueError when there is none."""
+    cand = bounds[(bounds >= lo) & (bounds <= hi)]
+    if not len(cand):
+        raise _too_few_systems(bounds)
+    return int(cand[(cand - target).abs().argmin()])
+
+
+def _too_few_systems(bounds: torch.Tensor) -> ValueError:
+    return ValueError(f"{int(bounds[-1])} points in {len(bounds) - 1} sampling systems are too few to fill the train / "
+                      "val / test splits with whole systems: use more points")
+
+
+def points_digest(path) -> str:
+    """The identity of a point file's content: an mflow point set's own checksum, else sha256 of the file's bytes."""
+    import hashlib
+
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if "checksum" in f.files:
+                return "pointset:" + str(f["checksum"][()])
+    except (OSError, ValueError):
+        pass
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+def points_record_of(settings, surface: CompleteIntersection, cache_dir=None) -> dict:
+    """The points' record (CYDataModule.points_record) as far as the data settings alone give it (no digest, no
+    count): checkpoints of older mflow versions get theirs from their datamodule_hyper_parameters this way."""
+    get = settings.get
+    path, cache = get("path"), get("cache", True)
+    n_points, seed, population = get("n_points", 100_000), get("seed", 0), get("population", "all_charts")
+    if path is None and cache:
+        folder = Path(cache_dir) if cache_dir is not None else (
+            Path(get("cache_dir")) if get("cache_dir") is not None else default_cache_dir())
+        path = folder / cache_file_name(surface, n_points, population, seed)
+    return {"file": None if path is None else str(Path(path).resolve()), "digest": None,
+            "sampled": get("path") is None, "n_points": n_points, "seed": seed, "population": population,
+            "chunk_size": DEFAULT_CHUNK, "fingerprint": surface.fingerprint(),
+            "split": {"n": None, "seed": seed, "val_fraction": get("val_fraction", 0.1),
+                      "test_fraction": get("test_fraction", 0.1)}}
 
 
 def _split_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int, int]:

@@ -3,10 +3,13 @@
 A point-set file is an uncompressed ``.npz`` holding
 
 - ``z`` [N, D] complex128 (each point in its charts' patch scaling, as in CYPoints),
-  ``weights`` [N] and ``omega_sq`` [N] float64 (REFERENCE.md section 1);
+  ``weights`` [N] and ``omega_sq`` [N] float64 (docs/conventions.md section 4);
 - cymetric's keys ``X_train, y_train, X_val, y_val`` (X = [Re z, Im z] float64,
   y = columns (weight, |Omega|^2), the last ``val_fraction`` of the rows as validation,
   split as cymetric's ``prepare_dataset`` does), so cymetric users can read it as ``dataset.npz``;
+- ``system`` [N] int64 (format version 2): the sampling system of each point (mflow.geometry.montecarlo); absent
+  when unknown. Version 1 files (no ``system``) are still read: their systems are derived from the sampling
+  layout when the metadata pins it (all_charts, no point dropped), else left unknown;
 - ``metadata``: a JSON string (format version, manifold dict and fingerprint, n, seed, n_points, ...);
 - ``checksum``: sha256 over every array above and the metadata string.
 
@@ -27,20 +30,28 @@ import torch
 
 from mflow.geometry.cicy import CDTYPE, RDTYPE, CompleteIntersection
 from mflow.geometry.points import CYPoints, cat_points, check_on_surface, cy_points, sample
+from mflow.geometry.sampling import system_index
 from mflow.io import atomic_write
 
 from .population import check_population, rejection_chunk, sample_population
 
 FORMAT = "mflow-pointset"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: no ``system`` array (module doc)
 CYMETRIC_KEYS = ("X_train", "y_train", "X_val", "y_val")
 ARRAY_KEYS = ("z", "weights", "omega_sq") + CYMETRIC_KEYS  # the order the checksum hashes them in
+OPTIONAL_KEYS = ("system",)  # hashed after ARRAY_KEYS when present
 DEFAULT_CHUNK = 100_000
 RESIDUAL_TOL = 1e-8
 
 
 class PointSetError(ValueError):
-    """A point-set (or cymetric dataset) file is unreadable, corrupt, of another version or another manifold."""
+    """A point-set (or cymetric dataset) file is unreadable, corrupt, of another version or another manifold.
+    ``problem`` is the message without its ``remedy`` (a caller with a better remedy says that one instead)."""
+
+    def __init__(self, problem: str, remedy: str | None = None):
+        super().__init__(f"{problem}; {remedy}" if remedy else problem)
+        self.problem = problem
 
 
 @dataclass
@@ -102,7 +113,7 @@ def cymetric_arrays(points: CYPoints, val_fraction: float = 0.1) -> dict[str, np
 # --------------------------------------------------------------------------- save
 def _checksum(arrays: dict[str, np.ndarray], metadata: str) -> str:
     h = hashlib.sha256()
-    for key in ARRAY_KEYS:
+    for key in ARRAY_KEYS + tuple(k for k in OPTIONAL_KEYS if k in arrays):
         a = np.ascontiguousarray(arrays[key])
         h.update(f"{key}|{a.dtype.str}|{a.shape}|".encode())
         h.update(a.tobytes())
@@ -141,6 +152,8 @@ def save_pointset(
         "omega_sq": points.omega_sq.to(RDTYPE).numpy(),
         **cymetric_arrays(points, val_fraction),
     }
+    if points.system is not None:
+        arrays["system"] = points.system.to(torch.int64).numpy()
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -173,7 +186,7 @@ def _read_npz(path: Path, required: tuple[str, ...]) -> dict[str, np.ndarray]:
     except Exception as e:  # BadZipFile, EOFError, zlib.error, ValueError (pickle / bad header), OSError, ...
         raise PointSetError(
             f"{path}: unreadable or corrupt .npz file ({type(e).__name__}: {e}); it may be truncated or not an "
-            ".npz archive - delete it and write it again"
+            ".npz archive", "delete it and write it again"
         ) from e
     missing = [k for k in required if k not in out]
     if missing:
@@ -198,9 +211,9 @@ def _verified(path: Path) -> tuple[dict[str, np.ndarray], dict]:
     if meta.get("format") != FORMAT or meta.get("created_by") != "mflow":
         raise PointSetError(f"{path}: not an mflow point-set file (format {meta.get('format')!r})")
     version = meta.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise PointSetError(
-            f"{path}: point-set format version {version!r}, this mflow reads version {FORMAT_VERSION}; "
+            f"{path}: point-set format version {version!r}, this mflow reads versions {READABLE_VERSIONS}; "
             "resample it with `python -m mflow.data sample`"
         )
     stored = str(arrays["checksum"][()])
@@ -208,7 +221,7 @@ def _verified(path: Path) -> tuple[dict[str, np.ndarray], dict]:
     if stored != actual:
         raise PointSetError(
             f"{path}: checksum mismatch (stored {stored[:16]}..., contents hash to {actual[:16]}...): the file is "
-            "corrupt or was modified; delete it and resample"
+            "corrupt or was modified", "delete it and resample"
         )
     return arrays, meta
 
@@ -265,14 +278,32 @@ def load_pointset(
     points = cy_points(surface, z, drop_ties=False)
     _check_same(torch.from_numpy(arrays["weights"]), points.weights, "weights", rtol, path)
     _check_same(torch.from_numpy(arrays["omega_sq"]), points.omega_sq, "|Omega|^2", rtol, path)
+    if "system" in arrays:
+        points.system = torch.from_numpy(arrays["system"]).to(torch.int64)
+        if points.system.shape != (len(points),):
+            raise PointSetError(f"{path}: system has shape {tuple(points.system.shape)}, expected [{len(points)}]")
+    else:
+        points.system = layout_systems(surface, meta)
     return PointSet(points, surface, meta)
+
+
+def layout_systems(surface: CompleteIntersection, meta: dict) -> torch.Tensor | None:
+    """The sampling systems [N] of a version-1 file's points (no ``system`` array), rebuilt from sample_pointset's
+    layout (chunks of chunk_size, each laid out by mflow.geometry.sampling.system_index, labels renumbered apart as
+    cat_points does) when that layout is certain: population all_charts, every requested point kept. Else None."""
+    n, chunk = meta.get("n_points"), meta.get("chunk_size")
+    if meta.get("population", "all_charts") != "all_charts" or n != meta.get("n_requested") or not chunk or not n:
+        return None
+    parts = [system_index(surface, min(chunk, n - i)) for i in range(0, n, chunk)]
+    offsets = torch.tensor([0] + [int(p.max()) + 1 for p in parts[:-1]]).cumsum(0)
+    return torch.cat([p + o for p, o in zip(parts, offsets)])
 
 
 def _check_same(stored: torch.Tensor, ours: torch.Tensor, what: str, rtol: float, path: Path) -> None:
     if stored.shape != ours.shape or not torch.allclose(stored, ours, rtol=rtol, atol=0):
         raise PointSetError(
             f"{path}: stored {what} differ from the ones recomputed from its points; the file was written with "
-            "another geometry convention - delete it and resample"
+            "another geometry convention", "delete it and resample"
         )
 
 

@@ -1,6 +1,7 @@
 """Point populations: all of X, or the points of one chart (the paper's sec. 3.1 rejection sampling).
 
-``all_charts``: sampled points (mflow.geometry.sampling), each in its preferred chart (patch, elim) (REFERENCE.md section 1).
+``all_charts``: sampled points (mflow.geometry.sampling), each in its preferred chart (patch, elim)
+(docs/conventions.md section 2).
 ``one_chart``: only the points whose preferred chart is the population's chart: the most common chart of X,
 found once per manifold from a fixed pilot sample (:func:`population_chart`; on the Fermat quintic all 20
 charts are equally common, about 5% of the points each, and the pilot's sampling noise picks one, always the
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from mflow.choices import check_choice
 from mflow.geometry import charts
 from mflow.geometry.cicy import CompleteIntersection
 from mflow.geometry.points import CYPoints, cat_points, sample
@@ -26,9 +28,7 @@ MAX_OVERSAMPLING = 100  # one_chart refuses a chart that keeps fewer than 1 in t
 
 
 def check_population(population: str) -> str:
-    if population not in POPULATIONS:
-        raise ValueError(f"population must be one of {POPULATIONS}, got {population!r}")
-    return population
+    return check_choice("population", population, POPULATIONS)
 
 
 _CHARTS: dict[str, tuple[int, int]] = {}

@@ -1,5 +1,7 @@
-"""Checkpoints for evaluation: read and checked (mflow.flows.checkpoint), the module restored, its train points
-re-created (networks: from the data settings saved in the checkpoint; kernel flows: from the flow's state)."""
+"""Checkpoints for evaluation: THE loader of mflow checkpoints (load_checkpoint: read and checked by
+mflow.flows.checkpoint, the module restored by LightningModule.load_from_checkpoint, one-line errors) and the train
+points of a checkpoint (train_points: kernel flows from the flow's state; networks from the point file the checkpoint
+records, or regenerated from its recorded seed, split by the recorded rule: never through a datamodule)."""
 from __future__ import annotations
 
 import importlib
@@ -9,12 +11,13 @@ from pathlib import Path
 
 import torch
 
+from mflow.data.datamodule import points_digest, read_points, split_indices
+from mflow.data.pointset import DEFAULT_CHUNK, PointSetError, sample_pointset
 from mflow.flows.checkpoint import CheckpointError, read_checkpoint
 from mflow.geometry.cicy import CompleteIntersection
-from mflow.geometry.presets import surface_from_args
 from mflow.geometry.points import CYPoints, check_points
 
-KINDS = {"network": "mflow.flows.network.NetworkFlow", "kernel_flow": "mflow.flows.kernel_module.KernelFlow"}
+MODEL_KINDS = {"network": "mflow.flows.network.NetworkFlow", "kernel_flow": "mflow.flows.kernel_module.KernelFlow"}
 
 
 class EvaluationError(ValueError):
@@ -24,17 +27,17 @@ class EvaluationError(ValueError):
 # ============================================================================ loading
 @dataclass
 class LoadedCheckpoint:
-    """An mflow checkpoint, checked and restored: the module (eval mode, CPU) and the identity of its data."""
+    """An mflow checkpoint, checked and restored: the module (eval mode, CPU) and the identity of its train points
+    (``data``: the checkpoint's ``mflow.data`` record, mflow.data.datamodule.CYDataModule.points_record)."""
 
     path: Path
     kind: str
     module: torch.nn.Module
     surface: CompleteIntersection
     hparams: dict
-    data_hparams: dict | None
+    data: dict | None = field(default=None, repr=False)
     epoch: int | None = None
     global_step: int | None = None
-    datamodule: object = field(default=None, repr=False)
 
     @property
     def class_path(self) -> str:
@@ -72,11 +75,13 @@ def _import_class(path: str):
 
 
 def load_checkpoint(path, expected_surface: CompleteIntersection | None = None) -> LoadedCheckpoint:
-    """Read and check an mflow checkpoint and restore its module (on the CPU, eval mode).
+    """Read and check an mflow checkpoint and restore its module (on the CPU, eval mode): the one loader of
+    evaluate.py, finish.py and the studies (the module through its class's load_from_checkpoint, on the manifold
+    the checkpoint records).
 
-    Refused with EvaluationError: whatever mflow.flows.checkpoint.read_checkpoint refuses (missing, corrupt,
-    foreign, another format, a non-finite weight); a kind or class this mflow does not know; a manifold that
-    does not match the checkpoint's own settings, its data settings, or ``expected_surface``.
+    Refused with EvaluationError (one line): whatever mflow.flows.checkpoint.read_checkpoint refuses (missing,
+    corrupt, foreign, another format, a non-finite weight); a kind or class this mflow does not know; a module that
+    cannot be restored; a manifold other than ``expected_surface``.
     """
     path = Path(path)
     try:
@@ -88,97 +93,91 @@ def load_checkpoint(path, expected_surface: CompleteIntersection | None = None) 
     hp = ck.get("hyper_parameters")
     if not isinstance(hp, dict):
         raise EvaluationError(f"{path} has no hyper_parameters: the model cannot be rebuilt")
-    class_path = hp.get("_class_path") or KINDS.get(kind)
+    hp = dict(hp)
+    class_path = hp.get("_class_path") or MODEL_KINDS.get(kind)
     if class_path is None:
-        raise EvaluationError(f"{path} holds a model of kind {kind!r}, which this mflow does not know ({sorted(KINDS)})")
+        raise EvaluationError(f"{path} holds a model of kind {kind!r}, which this mflow does not know ({sorted(MODEL_KINDS)})")
     cls = _import_class(class_path)
-    if kind in KINDS and cls is not _import_class(KINDS[kind]):
+    if kind in MODEL_KINDS and cls is not _import_class(MODEL_KINDS[kind]):
         raise EvaluationError(f"{path}: the 'mflow' section says kind {kind!r} but the model class is {class_path!r}")
-    kwargs = {k: v for k, v in hp.items() if not k.startswith("_")}
     try:
-        surface = surface_from_args(kwargs.get("manifold", "fermat_quintic"), kwargs.get("psi"),
-                                    kwargs.get("ambient_n", 4), kwargs.get("surface_seed", 0), kwargs.get("kahler"))
-    except ValueError as e:
-        raise EvaluationError(f"{path}: the manifold in its settings cannot be built: {e}") from None
-    saved = meta.get("surface") or {}
-    if meta.get("fingerprint") != surface.fingerprint():
-        raise EvaluationError(
-            f"{path}: the checkpoint was written for manifold {saved.get('name')!r} ({meta.get('fingerprint')}) but its "
-            f"model settings describe {surface.name!r} ({surface.fingerprint()}): wrong manifold, refusing it"
-        )
+        with torch.random.fork_rng():
+            module = cls.load_from_checkpoint(ck, map_location="cpu")
+    except CheckpointError as e:
+        raise EvaluationError(f"{path}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - a checkpoint of another mflow version fails in many ways
+        raise EvaluationError(f"{path}: the model cannot be restored ({type(e).__name__}: {str(e)[:300]})") from None
+    surface = module.surface
     if expected_surface is not None and expected_surface.fingerprint() != surface.fingerprint():
         raise EvaluationError(
             f"{path} is a model of {surface.name!r} ({surface.fingerprint()}) but the requested points are on "
             f"{expected_surface.name!r} ({expected_surface.fingerprint()}): wrong manifold"
         )
-    data_hp = ck.get("datamodule_hyper_parameters")
-    data_hp = {k: v for k, v in data_hp.items() if not k.startswith("_")} if isinstance(data_hp, dict) else None
-    if data_hp is not None:
-        try:
-            ds = surface_from_args(data_hp.get("manifold", "fermat_quintic"), data_hp.get("psi"),
-                              data_hp.get("ambient_n", 4), data_hp.get("surface_seed", 0), data_hp.get("kahler"))
-        except ValueError as e:
-            raise EvaluationError(f"{path}: the data settings name a manifold that cannot be built: {e}") from None
-        if ds.fingerprint() != surface.fingerprint():
-            raise EvaluationError(
-                f"{path}: the model is for {surface.name!r} but its data settings are for {ds.name!r}: wrong manifold"
-            )
-    try:
-        with torch.random.fork_rng():
-            module = cls(**kwargs)
-        module.on_load_checkpoint(ck)
-        module.load_state_dict(ck["state_dict"], strict=True)
-    except EvaluationError:
-        raise
-    except Exception as e:  # noqa: BLE001 - a checkpoint of another mflow version fails in many ways
-        raise EvaluationError(f"{path}: the model cannot be restored ({type(e).__name__}: {str(e)[:300]})") from None
     module.eval()
-    return LoadedCheckpoint(path, kind, module, surface, hp, data_hp, ck.get("epoch"), ck.get("global_step"))
+    return LoadedCheckpoint(path, kind, module, surface, hp, meta.get("data"), ck.get("epoch"), ck.get("global_step"))
 
 
-def prepare_train_data(ck: LoadedCheckpoint) -> None:
-    """Check (cheaply, no sampling) that the train points can be restored; for networks build the datamodule."""
+def _recorded_file(ck: LoadedCheckpoint) -> Path | None:
+    """The point file a network's checkpoint records, if it is there and unchanged; None when the points were
+    sampled and their file is gone (then they are regenerated). EvaluationError when they cannot be found."""
+    rec = ck.data
+    if not isinstance(rec, dict) or "split" not in rec:
+        raise EvaluationError(f"{ck.path} records no train data (no mflow.data, no datamodule_hyper_parameters): its "
+                              "train points cannot be found")
+    f = rec.get("file")
+    if f is not None and Path(f).is_file():
+        if rec.get("digest") is None or points_digest(f) == rec["digest"]:
+            return Path(f)
+        if not rec.get("sampled"):
+            raise EvaluationError(f"{ck.path}: its train data file {f} has changed since the model was trained "
+                                  "(another content): restore that file to evaluate against its train points")
+    elif not rec.get("sampled"):
+        raise EvaluationError(f"{ck.path}: its train data file {f} does not exist any more")
+    if rec.get("chunk_size", DEFAULT_CHUNK) != DEFAULT_CHUNK:
+        raise EvaluationError(f"{ck.path}: its train points were sampled in chunks of {rec['chunk_size']}, this mflow "
+                              f"samples in chunks of {DEFAULT_CHUNK}: they cannot be regenerated")
+    return None
+
+
+def check_train_data(ck: LoadedCheckpoint) -> None:
+    """Check cheaply (no loading, no sampling) that the train points of a checkpoint can be found."""
     if ck.kind == "kernel_flow":  # kernel flows carry their train points
         if ck.module.flow.n_train == 0:
             raise EvaluationError(f"{ck.path}: the kernel flow holds no train points (it was never fitted)")
         return
-    if ck.data_hparams is None:
-        raise EvaluationError(
-            f"{ck.path} has no data settings (datamodule_hyper_parameters): its train points cannot be re-created"
-        )
-    from mflow.data.datamodule import CYDataModule
+    _recorded_file(ck)
 
-    allowed = set(inspect.signature(CYDataModule.__init__).parameters) - {"self"}
-    kw = {k: v for k, v in ck.data_hparams.items() if k in allowed}
-    kw.pop("kahler_range", None)  # a moduli family's network is evaluated at one class: the manifold's own t
-    if kw.get("path") is not None and not Path(kw["path"]).exists():
-        raise EvaluationError(f"{ck.path}: its train data file {kw['path']} does not exist any more")
+
+def recorded_splits(ck: LoadedCheckpoint) -> dict[str, CYPoints]:
+    """A network's train / val / test points: from the point file its checkpoint records (path and digest checked),
+    or regenerated from the recorded seed when that file is gone (a sampled set), cut by the recorded split rule
+    (mflow.data.datamodule.split_indices). Never through a datamodule."""
+    rec, f = ck.data, _recorded_file(ck)
+    population = rec.get("population", "all_charts")
     try:
-        dm = CYDataModule(**kw)
-    except ValueError as e:
-        raise EvaluationError(f"{ck.path}: its data settings are refused: {e}") from None
-    cp = dm.cache_path
-    if cp is not None and not cp.exists():
-        dm.cache = False  # sample in memory: evaluation writes nothing outside its output folder
-    ck.datamodule = dm
+        points = (read_points(f, ck.surface, population) if f is not None else
+                  sample_pointset(ck.surface, rec["n_points"], rec["seed"], population=population))
+    except (PointSetError, ValueError) as e:
+        raise EvaluationError(f"{ck.path}: its train points cannot be read ({e})") from None
+    sp = rec["split"]
+    if sp.get("n") is not None and sp["n"] != len(points):
+        raise EvaluationError(f"{ck.path} was trained on {sp['n']} points, but {f or 'the regenerated set'} holds "
+                              f"{len(points)}")
+    system = points.system if sp.get("by_system") else None  # older records: the split of points, not systems
+    rows = split_indices(len(points), sp["seed"], sp["val_fraction"], sp["test_fraction"], system)
+    return {k: points[i] for k, i in rows.items()}
 
 
 def train_points(ck: LoadedCheckpoint) -> CYPoints:
-    """The model's train points (from the checkpoint for kernel flows, re-created from the data settings otherwise)."""
+    """The model's train points: a kernel flow's from its state, a network's from its checkpoint's record
+    (recorded_splits). Never through a datamodule."""
     if ck.kind == "kernel_flow":
+        check_train_data(ck)
         f = ck.module.flow
         pts = CYPoints(f.train_z, f.train_patch, f.train_elim, f.train_pullback, f.train_omega_sq, f.train_g_fs,
                        f.train_weights).to("cpu")
     else:
-        if ck.datamodule is None:
-            prepare_train_data(ck)
-        try:
-            ck.datamodule.setup("fit")
-        except Exception as e:  # noqa: BLE001
-            raise EvaluationError(f"{ck.path}: the train points cannot be re-created ({type(e).__name__}: {e})") from None
-        if ck.datamodule.surface.fingerprint() != ck.surface.fingerprint():
-            raise EvaluationError(f"{ck.path}: the data are on {ck.datamodule.surface.name}, the model on {ck.surface.name}")
-        pts = ck.datamodule.train
+        pts = recorded_splits(ck)["train"]
     try:
         check_points(pts, ck.surface, "train points")
     except ValueError as e:

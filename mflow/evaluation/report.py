@@ -2,7 +2,7 @@
 
 ``evaluate(ckpts, out, ...)`` (the logic of ``python evaluate.py``) loads each mflow checkpoint
 (mflow.evaluation.checkpoints), restores its manifold and data identity from it, and measures, for the model
-and for the FS metric on the same points (gain = sigma_FS / sigma_model, REFERENCE.md section 1):
+and for the FS metric on the same points (gain = sigma_FS / sigma_model, docs/conventions.md section 5):
 
 * its train points;
 * fresh test points (Shiffman-Zelditch, a seed that is not the data seed), with their FS distance to the
@@ -33,11 +33,12 @@ from mflow.data.population import POPULATIONS
 from mflow.geometry.distance import NearestIndex
 from mflow.geometry.cicy import CompleteIntersection
 from mflow.geometry.points import CYPoints
-from mflow.io import write_json, write_png
+from mflow.io import check_writable, write_json, write_png
 
 from . import noise
-from .checkpoints import EvaluationError, LoadedCheckpoint, load_checkpoint, prepare_train_data, train_points
+from .checkpoints import EvaluationError, LoadedCheckpoint, check_train_data, load_checkpoint, train_points
 from .measures import measure, ricci_measures, stats
+from .overlap import overlap_warning, train_overlap
 from .plots import gain_curve, plot_distance_scaling, plot_gain_vs_distance
 from .scaling import DEFAULT_SCALING_N, distance_scaling, points_needed
 
@@ -113,7 +114,7 @@ def evaluate_checkpoint(
         "class": ck.class_path,
         "manifold": {"name": ck.surface.name, "params": ck.surface.params, "fingerprint": ck.surface.fingerprint()},
         "model": {k: v for k, v in ck.hparams.items() if not k.startswith("_")},
-        "data": ck.data_hparams, "epoch": ck.epoch, "global_step": ck.global_step, "device": used,
+        "data": ck.data, "epoch": ck.epoch, "global_step": ck.global_step, "device": used,
     }
     t = time.perf_counter()
     out["train"] = measure(ck.module, train)
@@ -198,7 +199,8 @@ def print_table(results: list[dict], file=sys.stdout) -> None:
             print(f"  {name:<22}{e['n']:>8}{ds:>11}{e['sigma_fs']:>10.4g}{e['sigma']:>11.4g}{e['gain']:>10.4g}", file=file)
 
         row("train", r["train"], 0.0)
-        row(f"test (seed {r['test']['seed']})", r["test"], r["test"]["distance_to_train"]["mean"])
+        row(f"test ({r['test'].get('source') or 'seed ' + str(r['test']['seed'])})", r["test"],
+            r["test"]["distance_to_train"]["mean"])
         for e in r["noised"]["gaussian"]:
             row(f"gaussian v={e['variance']:.0e}", e, e["distance_to_train"]["mean"])
         for e in r["noised"]["manifold"]:
@@ -273,7 +275,7 @@ def evaluate(
     if mode not in ("gaussian", "manifold", "both"):
         raise EvaluationError(f"--mode must be gaussian, manifold or both, not {mode!r}")
     if n_test < 1 or n_noise < 1:
-        raise EvaluationError("--n-test and --n-noise must be >= 1")
+        raise EvaluationError("--n_test and --n_noise must be >= 1")
     if any(not (v >= 0 and math.isfinite(v)) for v in variances):
         raise EvaluationError(f"noise variances must be finite and >= 0, got {list(variances)}")
     if any(not (d > 0 and math.isfinite(d)) for d in distances):  # and below the diameter: mflow.evaluation.noise
@@ -297,20 +299,21 @@ def evaluate(
             raise EvaluationError(f"{test_data} is a cymetric file (no manifold recorded) and the checkpoints are on different manifolds")
         test_given, _ = load_test_points(test_data, loaded[0].surface)
     for ck in loaded:
-        prepare_train_data(ck)
-        dseed = (ck.data_hparams or {}).get("seed")
+        check_train_data(ck)
+        dseed = (ck.data or {}).get("seed")
         if test_given is None and dseed is not None and int(dseed) == int(seed):
             raise EvaluationError(
                 f"--seed {seed} is the data seed of {ck.path}: the test points would be the data it was trained on; "
                 "choose another seed"
             )
     out = Path(out) if out is not None else default_out(paths)
+    check_writable(out, "--out_dir folder")
 
     # ---- work
     tests: dict[tuple, CYPoints] = {}
     results, warnings_ = [], []
     for ck in loaded:
-        trained_on = (ck.data_hparams or {}).get("population", "all_charts")
+        trained_on = (ck.data or {}).get("population", "all_charts")
         pop = population or trained_on
         if trained_on == "one_chart" and pop == "all_charts":
             msg = f"{ck.path} was trained on one chart's points and is evaluated on points of all charts"
@@ -334,6 +337,13 @@ def evaluate(
             log=log,
         )
         result["population"] = {"trained_on": trained_on, "test": pop if test_given is None else "given"}
+        if test_given is not None:  # points of a file: how many are the checkpoint's train points
+            result["test"].update(seed=None, source=Path(test_data).name,
+                                  train_overlap=train_overlap(test.z, train_points(ck).z, ck.surface))
+            msg = overlap_warning(ck.path, test_data, result["test"]["train_overlap"])
+            if msg:
+                warnings_.append(msg)
+                log(f"[mflow] evaluate: warning: {msg}")
         results.append(result)
     report = {
         "format": EVAL_FORMAT, "tool": "mflow evaluate", "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -346,7 +356,7 @@ def evaluate(
         "warnings": warnings_,
         "noise": {
             "gaussian": "N(0, variance) on Re and Im of each homogeneous coordinate of the train point (patch scaling "
-                        "z_patch = 1); chart re-chosen at the noised point, or kept (--keep-chart, one_chart points)"
+                        "z_patch = 1); chart re-chosen at the noised point, or kept (--keep_chart, one_chart points)"
                         + "; dp, |Omega|^2 = 1/|dp/dz_elim|^2, J, g_FS and weights at the noised point (mflow.evaluation.noise)",
             "manifold": "random unit tangent step of FS length s from the train point, Newton projection onto X "
                         "(relative |p| <= 1e-10), s rescaled until the FS distance to the train point is within 2% "
@@ -361,7 +371,7 @@ def evaluate(
     if scaling or need_fit:
         surface = loaded[0].surface
         sc = distance_scaling(surface, scaling_n, seed=seed + 1000, budget_s=scaling_budget, log=log,
-                              population=population or (loaded[0].data_hparams or {}).get("population", "all_charts"))
+                              population=population or (loaded[0].data or {}).get("population", "all_charts"))
         report["distance_scaling"] = sc
         figures["distance_scaling"] = plot_distance_scaling(sc)
     if target_gains:
@@ -370,7 +380,7 @@ def evaluate(
         elif "fit" in report.get("distance_scaling", {}):
             a, b, src = report["distance_scaling"]["fit"]["a"], report["distance_scaling"]["fit"]["b"], "distance scaling"
         else:
-            raise EvaluationError("the distance scaling gave fewer than 2 sizes: raise --scaling-budget or pass --fit A B")
+            raise EvaluationError("the distance scaling gave fewer than 2 sizes: raise --scaling_budget or pass --fit A B")
         needed = []
         for r in results:
             for curve in ("gaussian", "manifold"):

@@ -1,7 +1,8 @@
 """mflow's checkpoint format: what a checkpoint carries, how it is sealed and checked, and old settings migrated.
 
 Every checkpoint of a flow module is a Lightning checkpoint with an ``mflow`` section (the module's
-``checkpoint_meta``: format, kind, manifold and its fingerprint, and for kernel flows the kernel) and, since
+``checkpoint_meta``: format, kind, manifold (``surface``, the one record of it) and its fingerprint, the train
+points' record ``data`` (mflow.data.datamodule.CYDataModule.points_record), for kernel flows the kernel) and, since
 format 2, ``mflow.checksum``: a sha256 over the whole content (every tensor's dtype, shape and bytes, every
 key, number and string; :func:`content_digest`). All reads go through :func:`read_checkpoint` (train.py's
 resume through :class:`AtomicCheckpointIO`, ``load_from_checkpoint`` through mflow.flows.base.FlowModule,
@@ -11,7 +12,8 @@ evaluate.py directly), which refuses, with one line naming the file and the caus
   a trainer with its own checkpoint I/O, is read with a warning);
   a non-finite weight or optimizer state;
 and migrates settings written by older mflow versions (class paths of the old layout, NetworkFlow's
-``seed`` -> ``init_seed``), so that old checkpoints load everywhere the same way.
+``seed`` -> ``init_seed``, the manifold settings once held by the model as well as the data, the train points'
+record ``mflow.data`` derived from the data settings), so that old checkpoints load everywhere the same way.
 Checkpoints are written atomically (mflow.io.atomic_write).
 """
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from mflow.cli.errors import first_sentence
 from mflow.io import atomic_write
 
 CHECKPOINT_FORMAT = 2
@@ -34,6 +37,7 @@ CLASS_PATHS = {  # the module classes of the old layout -> today's
     "mflow.kernel_flow.KernelFlow": "mflow.flows.kernel_module.KernelFlow",
 }
 RENAMED_HPARAMS = {"mflow.flows.network.NetworkFlow": {"seed": "init_seed"}}
+MANIFOLD_HPARAMS = ("manifold", "psi", "ambient_n", "surface_seed", "kahler")  # model settings before format 2's data-only manifold
 FLOW_STATE = ("train_z", "train_patch", "train_elim", "train_pullback", "train_g_fs", "train_weights", "train_omega_sq",
               "metric", "coeff", "labels", "row_of", "train_h", "cluster_steps", "kappa", "pd_counts", "flow_steps",
               "ref_chart", "clustered")  # KernelFlow's state, held by its ``flow`` (FrozenKernelFlow) since format 2
@@ -112,11 +116,36 @@ def migrate(checkpoint: dict) -> dict:
         for old, new in RENAMED_HPARAMS.get(cls, {}).items():
             if old in hp and new not in hp:
                 hp[new] = hp.pop(old)
+        if hp.get("pd_policy") == "raise":  # the network's old name of the policy
+            hp["pd_policy"] = "stop"
+        _migrate_manifold(checkpoint, hp)
     sd = checkpoint.get("state_dict")
     if (checkpoint.get("mflow") or {}).get("kind") == "kernel_flow" and isinstance(sd, dict) and "metric" in sd:
         renamed = {"_ddp_anchor": "_step_anchor", **{k: f"flow.{k}" for k in FLOW_STATE}}
         checkpoint["state_dict"] = {renamed.get(k, k): v for k, v in sd.items()}
     return checkpoint
+
+
+def _migrate_manifold(checkpoint: dict, hp: dict) -> None:
+    """Before the manifold was configured once (the data's), the model's hyper_parameters held its settings too and
+    evaluation re-created the train points through a datamodule: drop them from the model's (the manifold is the
+    ``mflow.surface`` record) and derive the train points' record ``mflow.data`` from the data settings."""
+    meta = checkpoint.get("mflow")
+    if not isinstance(meta, dict):
+        return
+    old = {k: hp.pop(k) for k in MANIFOLD_HPARAMS if k in hp}
+    if "surface" not in meta and "manifold" in old:
+        from mflow.geometry.presets import surface_from_args
+
+        s = surface_from_args(old["manifold"], old.get("psi"), old.get("ambient_n", 4), old.get("surface_seed", 0),
+                              old.get("kahler"))
+        meta["surface"], meta["fingerprint"] = s.to_dict(), s.fingerprint()
+    data_hp = checkpoint.get("datamodule_hyper_parameters")
+    if "data" not in meta and isinstance(data_hp, dict) and isinstance(meta.get("surface"), dict):
+        from mflow.data.datamodule import points_record_of
+        from mflow.geometry.cicy import CompleteIntersection
+
+        meta["data"] = points_record_of(data_hp, CompleteIntersection.from_dict(meta["surface"]))
 
 
 def verify(checkpoint, path) -> dict:
@@ -159,8 +188,8 @@ def read_checkpoint(path) -> dict:
         ck = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - zip / pickle errors of every kind mean the same thing here
         raise CheckpointError(
-            f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e)[:200]}): the file is corrupt or "
-            "truncated, or not a torch checkpoint"
+            f"checkpoint {path} cannot be read: the file is corrupt or truncated, or not a torch checkpoint "
+            f"({type(e).__name__}: {first_sentence(str(e))})"
         ) from None
     return migrate(verify(ck, path))
 

@@ -22,11 +22,12 @@ Charts. The Kronecker deltas add metric components at different points, which on
 coordinate system, but every point has its own chart: ``chart_mode`` ambient (default), transform or reject says
 how the sum is taken (mflow.flows.chart_sums).
 
-Positive definiteness (``pd_policy``), when a step would make some metric non-positive-definite:
-"backtrack" halves the whole step until every metric is PD (at most max_backtracks times, then raises);
-"clip" leaves out dL/dg at the offending points (repeated at most max_backtracks times, after which the whole
-step is skipped); "stop" raises NotPositiveDefiniteError. Events are counted (``pd_counts``: backtracks,
-clipped points, skipped steps). ``pd_margin`` > 0 asks for g_new - pd_margin g_old > 0 instead.
+Positive definiteness (``pd_policy``, mflow.flows.base.PDPolicy), when a step would make some metric
+non-positive-definite: "backtrack" halves the whole step until every metric is PD (at most max_backtracks times,
+then raises); "clip" leaves out dL/dg at the offending points (repeated at most max_backtracks times, after which
+the whole step is skipped); "stop" raises NotPositiveDefiniteError; "continue" takes the step anyway (the step's
+``not_pd`` count is returned and logged as train/not_pd). Events are counted (``pd_counts``: backtracks, clipped
+points, skipped steps). ``pd_margin`` > 0 asks for g_new - pd_margin g_old > 0 instead.
 
 Step size. ``reduction="mean"`` takes G = the gradient of the weighted batch mean (the paper's sigma-loss,
 eq. B.11), "sum" that times the batch size (the per-point gradient). With a constant step the sigma flow ends
@@ -49,6 +50,8 @@ from torch import nn
 
 from mflow import losses as losses_
 from mflow import checks
+from mflow.choices import (PD_POLICIES, ChartMode, MetricLoss, PDPolicy, Precision, Reduction, check_choice,
+                           check_pd_policy)
 from mflow.checks import integer
 from mflow.data.clustering import check_labels
 from mflow.geometry import charts, volume
@@ -58,10 +61,6 @@ from mflow.geometry.points import CYPoints, check_points
 from mflow.kernels.analytic import DEFAULT_BLOCK, Kernel
 
 from . import chart_sums
-
-CHART_MODES = ("ambient", "transform", "reject")
-PD_POLICIES = ("backtrack", "clip", "stop")
-REDUCTIONS = ("mean", "sum")
 
 # buffers whose first dimension is the number of train points (or clusters) in the flow (resized on load)
 STATE_BUFFERS = (
@@ -83,10 +82,10 @@ class FrozenKernelFlow(nn.Module):
         block, cache_mb: see the module doc (block: kernel tile size, memory O(block^2)).
     """
 
-    def __init__(self, surface, kernel: Kernel, lr: float = 0.1, lr_step_decay: float = 1.0, loss: str = "sigma",
-                 reduction: str = "mean", chart_mode: str = "ambient", pd_policy: str = "backtrack",
+    def __init__(self, surface, kernel: Kernel, lr: float = 0.1, lr_step_decay: float = 1.0, loss: MetricLoss = "sigma",
+                 reduction: Reduction = "mean", chart_mode: ChartMode = "ambient", pd_policy: PDPolicy = "backtrack",
                  max_backtracks: int = 20, pd_margin: float = 0.0, normalize: bool = False,
-                 block: int = DEFAULT_BLOCK, cache_mb: float = 512.0, precision: str = "float64", device=None):
+                 block: int = DEFAULT_BLOCK, cache_mb: float = 512.0, precision: Precision = "float64", device=None):
         super().__init__()
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
             raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
@@ -95,10 +94,9 @@ class FrozenKernelFlow(nn.Module):
         if loss not in losses_.METRIC_LOSSES:
             raise ValueError(f"loss {loss!r} is not a metric loss; a kernel flow needs dL/dg at points: choose one "
                              f"of {sorted(losses_.METRIC_LOSSES)}")
-        for name, value, choices in (("reduction", reduction, REDUCTIONS), ("chart_mode", chart_mode, CHART_MODES),
-                                     ("pd_policy", pd_policy, PD_POLICIES)):
-            if value not in choices:
-                raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+        check_choice("reduction", reduction, Reduction)
+        check_choice("chart_mode", chart_mode, ChartMode)
+        check_pd_policy(pd_policy, "a frozen-kernel flow", PD_POLICIES)
         integer("max_backtracks", max_backtracks, lo=0)
         integer("block", block)
         if not (0 <= pd_margin < 1):
@@ -331,7 +329,7 @@ class FrozenKernelFlow(nn.Module):
                     total[k] += info[k]
             return {**info, **total}
         rows = torch.arange(self.n_train) if rows is None else torch.as_tensor(rows, dtype=torch.int64).cpu()
-        info = {"loss": float("nan"), "scale": 0.0, "backtracks": 0, "clipped": 0, "skipped": 0}
+        info = {"loss": float("nan"), "scale": 0.0, "backtracks": 0, "clipped": 0, "skipped": 0, "not_pd": 0}
         if len(rows) == 0:
             return info
         cluster = None
@@ -368,6 +366,9 @@ class FrozenKernelFlow(nn.Module):
         g1 = g0 - lr * U
         bad = refused(g1)
         if not bad.any():
+            return g1, keep, scale
+        if self.pd_policy == "continue":
+            info["not_pd"] = int(not_positive_definite(g1).sum())
             return g1, keep, scale
         if self.pd_policy == "stop":
             raise NotPositiveDefiniteError(
@@ -433,6 +434,7 @@ class FrozenKernelFlow(nn.Module):
         h_tgt = self._row_sums(tgt, srcp["z"]).rsqrt()
         return self.kernel_sum(tgt, srcp, self.coeff[src], None, h_tgt, self.train_h[src])
 
-    def train_sigma(self) -> torch.Tensor:
-        """sigma of the state on the train points in the flow (cheap: no kernel)."""
-        return volume.sigma(self.train_weights, volume.real_det(self.metric), self.train_omega_sq)
+    def train_sigma(self, fs: bool = False) -> torch.Tensor:
+        """sigma of the state (fs: of g_FS) on the train points in the flow (cheap: no kernel)."""
+        g = self.train_g_fs if fs else self.metric
+        return volume.sigma(self.train_weights, volume.real_det(g), self.train_omega_sq)

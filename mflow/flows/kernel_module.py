@@ -11,12 +11,13 @@ from __future__ import annotations
 import torch
 
 from mflow.checks import integer
+from mflow.choices import ChartMode, KernelName, MetricLoss, Precision, Reduction
 from mflow.geometry.points import CYPoints
 from mflow.kernels.analytic import DEFAULT_BLOCK
 from mflow.kernels.network import NetworkNTK
 from mflow.kernels.registry import kernel as make_kernel
 
-from .base import FlowModule, datamodule_of
+from .base import FlowModule, PDPolicy, Surface, datamodule_of
 from .checkpoint import CheckpointError, install_checkpoint_io, read_checkpoint
 from .kernel import FrozenKernelFlow
 
@@ -25,7 +26,8 @@ class KernelFlow(FlowModule):
     """Frozen metric-NTK flow (eq. 2.12, 2.23) with a fixed kernel, as a LightningModule.
 
     Args:
-        manifold, psi, ambient_n, surface_seed, kahler: the manifold and its Kaehler moduli (linked from the data config).
+        surface: the manifold, a CompleteIntersection with its Kaehler moduli: the datamodule's (train.py passes
+            data.surface; configure the manifold in the data section only).
         kernel: relu | cosine | gaussian | delta | empirical | scaled | network_ntk (mflow.kernels.registry);
             kernel_params: its parameters, e.g. {depth: 1, sigma_w: 5.716, sigma_b: 80.52} (relu), {sigma: 30.0,
             inverse: true} (gaussian), {kernel: gaussian, kernel_params: {sigma: 30.0, inverse: true}, h: det_g_fs,
@@ -37,7 +39,8 @@ class KernelFlow(FlowModule):
         reduction: "mean": G = gradient of the batch loss as mflow.losses defines it (weighted mean over the batch,
             the paper's sigma-loss); "sum": the batch size times that (the per-point gradient).
         chart_mode: ambient (default) | transform | reject (mflow.flows.kernel).
-        pd_policy: backtrack | clip | stop; max_backtracks: halvings (backtrack) or rounds (clip) per step.
+        pd_policy: backtrack | clip | stop | continue (mflow.flows.base.PDPolicy); max_backtracks: halvings
+            (backtrack) or rounds (clip) per step.
         pd_margin: a step must keep g_new - pd_margin * g_old positive definite (0: plain positive definiteness).
         normalize: use h(x) h(x') k(x, x') with h = (sum_{x' in the cluster / train set} k(x, x'))^-1/2
             (eq. 2.15-2.16): the kernel's overall size and the number of points drop out of the step size.
@@ -51,33 +54,30 @@ class KernelFlow(FlowModule):
 
     kind = "kernel_flow"
     has_derivatives = False  # the metric is not a differentiable network: no Ricci measure
+    fit_logged_splits = ("train", "val")  # train/sigma, train/gain at every train epoch end (the flow's own state)
 
     def __init__(
         self,
-        manifold: str = "fermat_quintic",
-        psi: float | None = None,
-        ambient_n: int = 4,
-        surface_seed: int = 0,
-        kahler: list[float] | None = None,
-        kernel: str = "gaussian",
+        surface: Surface,
+        kernel: KernelName = "gaussian",
         kernel_params: dict | None = None,
         lr: float = 0.1,
         lr_step_decay: float = 1.0,
-        loss: str = "sigma",
-        reduction: str = "mean",
-        chart_mode: str = "ambient",
-        pd_policy: str = "backtrack",
+        loss: MetricLoss = "sigma",
+        reduction: Reduction = "mean",
+        chart_mode: ChartMode = "ambient",
+        pd_policy: PDPolicy = "backtrack",
         max_backtracks: int = 20,
         pd_margin: float = 0.0,
         normalize: bool = False,
         steps_per_batch: int = 1,
         block: int = DEFAULT_BLOCK,
         cache_mb: float = 512.0,
-        precision: str = "float64",
+        precision: Precision = "float64",
     ):
-        super().__init__(manifold, psi, ambient_n, surface_seed, kahler)
+        super().__init__(surface)
         kernel_params = {} if kernel_params is None else dict(kernel_params)
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["surface"])  # the checkpoint records the manifold once (mflow.surface)
         self.automatic_optimization = False
         self.kernel_name, self.kernel_params = kernel, kernel_params
         self.kernel_digest = None
@@ -101,9 +101,10 @@ class KernelFlow(FlowModule):
         from .network import NetworkFlow
 
         ck = read_checkpoint(checkpoint)
-        network = NetworkFlow.load_from_checkpoint(checkpoint, map_location="cpu")
-        if network.surface.fingerprint() != self.surface.fingerprint():
-            raise ValueError(f"{checkpoint} is a network on {network.surface.name}, not on {self.surface.name}")
+        try:  # on this flow's manifold: a network of another one is refused (FlowModule.on_load_checkpoint)
+            network = NetworkFlow.load_from_checkpoint(ck, map_location="cpu", surface=self.surface)
+        except CheckpointError as e:
+            raise CheckpointError(f"{checkpoint}: {e}") from None
         self.kernel_digest = ck["mflow"].get("checksum")
         return NetworkNTK(network.model.requires_grad_(False), base)
 
@@ -164,10 +165,11 @@ class KernelFlow(FlowModule):
         rows = flow.row_of[torch.unique(idx)].cpu() if len(idx) else idx
         rows = rows[rows >= 0]
         total = {"backtracks": 0, "clipped": 0, "skipped": 0}
-        loss = float("nan")
+        loss, not_pd = float("nan"), 0
         for s in range(self.steps_per_batch):
             info = flow.flow_step(rows, shard=not clustered)
             loss = info["loss"] if s == 0 else loss
+            not_pd += info.get("not_pd", 0)
             for k in total:
                 total[k] += info[k]
         if world > 1 and clustered:
@@ -178,6 +180,7 @@ class KernelFlow(FlowModule):
         opt.zero_grad()
         n = max(len(rows), 1)
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        self.log("train/not_pd", float(not_pd), reduce_fx="sum", batch_size=n)
         for i, name in enumerate(("backtracks", "clipped_points", "skipped_steps")):
             self.log(f"train/{name}", float(flow.pd_counts[i]), batch_size=n)
         return None
@@ -202,8 +205,9 @@ class KernelFlow(FlowModule):
     def on_train_epoch_end(self) -> None:
         s = self.flow.train_sigma()
         self.log("train/sigma", s, prog_bar=True)
+        self.log("train/gain", self.flow.train_sigma(fs=True) / s, prog_bar=True)  # sigma_FS / sigma on the flow's points
         if not torch.isnan(self.initial_sigma[0]) and self.flow.chart_mode != "reject":
-            self.log("train/gain", self.initial_sigma[0] / s, prog_bar=True)
+            self.log("train/reduction_from_init", self.initial_sigma[0] / s)
 
     def configure_optimizers(self):
         """The flow updates its state itself (manual optimisation); this no-op optimizer only counts steps."""

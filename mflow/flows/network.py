@@ -9,16 +9,19 @@ import math
 
 import torch
 
+from mflow.choices import check_choice, Activation, Features, Head, LossTerm, Optimizer, Parametrization, Precision
+
 from mflow import losses as losses_
 from mflow.geometry.forms import NotPositiveDefiniteError
 from mflow.geometry.points import CYPoints
 from mflow.models.metric import MetricModel
-from mflow.ntk.linearized import LinearizedModel
+from mflow.models.mlp import lr_multipliers
+from mflow.ntk.linearized import LinearizedModel, source_name
 
-from .base import FlowModule, datamodule_of
+from .base import FlowModule, PDPolicy, Surface, check_pd_policy, datamodule_of
 from .measures import WeightedMean
 
-PD_POLICIES = ("raise", "continue")
+NETWORK_PD_POLICIES = ("stop", "continue")  # a network's optimizer step cannot be undone: no backtrack or clip
 FAMILY_LOSSES = {"sigma", "ultra_local_square", "ultra_local_entropy"}  # per-point kappa(t) enters through eta
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 
@@ -26,8 +29,10 @@ OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 class NetworkFlow(FlowModule):
     """Trains a metric network g_theta by gradient descent on a weighted sum of losses (eq. 2.2-2.5).
 
-    Args:
-        manifold, psi, ambient_n, surface_seed, kahler: the manifold and its Kaehler moduli (linked from the data config).
+    Args (the defaults are conf/default.yaml's, the default of ``python train.py``; tests/test_defaults.py holds
+    them equal):
+        surface: the manifold, a CompleteIntersection with its Kaehler moduli: the datamodule's (train.py passes
+            data.surface; configure the manifold in the data section only).
         head: free | addfs | multfs | matrixfs | phifs | bihomogeneous.
         depth, width, activation, parametrization, sigma_w, sigma_b, features, out_scale:
             the network (mflow.models.metric.MetricModel).
@@ -39,9 +44,10 @@ class NetworkFlow(FlowModule):
         init_seed: seed of the network's initialisation (not the data's ``seed``, so that the two can differ).
         precision: float64 | float32: the network's arithmetic (geometry, g and losses stay float64).
         compile: torch.compile the network's part of the training step (first steps slower while it compiles).
-        pd_policy: raise (stop at the first training batch where g is not positive definite) | continue (train on:
-            the loss of such a point (det g < 0, eta < 0) pushes it back; their count per epoch is logged as
-            train/not_pd and val / test report theirs).
+        pd_policy: stop (a one-line error at the first training batch where g is not positive definite) | continue
+            (train on: the loss of such a point (det g < 0, eta < 0) pushes it back; their count per epoch is logged
+            as train/not_pd and val / test report theirs). backtrack and clip (mflow.flows.base.PDPolicy) are the
+            kernel flows': a network refuses them.
         moduli_input: the Kaehler moduli t are an input of the network, so that one network learns a family
             g(x; t) (train it on data.kahler_range; its losses are then those of g alone: sigma, ultra_local_*).
         linearize: train the first-order Taylor expansion of the network in its parameters at
@@ -53,40 +59,34 @@ class NetworkFlow(FlowModule):
 
     def __init__(
         self,
-        manifold: str = "fermat_quintic",
-        psi: float | None = None,
-        ambient_n: int = 4,
-        surface_seed: int = 0,
-        kahler: list[float] | None = None,
-        head: str = "multfs",
+        surface: Surface,
+        head: Head = "multfs",
         depth: int = 3,
         width: int = 64,
-        activation: str = "gelu",
-        parametrization: str = "standard",
+        activation: Activation = "relu",
+        parametrization: Parametrization = "standard",
         sigma_w: float = 1.0,
         sigma_b: float = 0.0,
-        features: str | None = None,
-        out_scale: float = 0.01,
-        loss_weights: dict[str, float] | None = None,
-        optimizer: str = "adam",
-        lr: float = 1e-3,
-        lr_decay: float = 1.0,
+        features: Features | None = None,
+        out_scale: float = 0.3,
+        loss_weights: dict[LossTerm, float] | None = None,
+        optimizer: Optimizer = "adam",
+        lr: float = 2e-3,
+        lr_decay: float = 0.95,
         init_seed: int = 0,
         linearize: bool = False,
-        precision: str = "float64",
+        precision: Precision = "float64",
         compile: bool = False,
         moduli_input: bool = False,
-        pd_policy: str = "raise",
+        pd_policy: PDPolicy = "stop",
     ):
-        super().__init__(manifold, psi, ambient_n, surface_seed, kahler)
+        super().__init__(surface)
         loss_weights = {"sigma": 1.0} if loss_weights is None else loss_weights
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["surface"])  # the checkpoint records the manifold once (mflow.surface)
         if not (lr > 0 and math.isfinite(lr)) or not (0 < lr_decay <= 1):
             raise ValueError(f"need lr > 0 and 0 < lr_decay <= 1, got lr={lr}, lr_decay={lr_decay}")
-        if pd_policy not in PD_POLICIES:
-            raise ValueError(f"pd_policy must be one of {PD_POLICIES}, got {pd_policy!r}")
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {sorted(OPTIMIZERS)}")
+        check_pd_policy(pd_policy, "a network (NetworkFlow)", NETWORK_PD_POLICIES)
+        check_choice("optimizer", optimizer, Optimizer)
         self.loss_weights = losses_.check_weights(loss_weights)
         # losses of g alone (no derivatives of g in z): the points' stored pullback and g_FS serve the model
         self.stored_geometry = set(self.loss_weights) <= set(losses_.METRIC_LOSSES)
@@ -134,7 +134,7 @@ class NetworkFlow(FlowModule):
         g = self.metric(batch)
         _, info = torch.linalg.cholesky_ex(g.detach())
         bad = int((info > 0).sum())
-        if bad and self.hparams.pd_policy == "raise":
+        if bad and self.hparams.pd_policy == "stop":
             raise NotPositiveDefiniteError(
                 f"the metric is not positive definite at {bad} of {len(g)} points (step {self.global_step}); lower "
                 "the learning rate or out_scale, add a volume loss, or train on (model.pd_policy=continue)")
@@ -150,8 +150,8 @@ class NetworkFlow(FlowModule):
                 f"{ {k: float(v) for k, v in parts.items()} }); lower the learning rate"
             )
         self.log("train/loss", loss, prog_bar=True, batch_size=len(g))
-        for k, v in parts.items():
-            self.log(f"train/{k}", v, batch_size=len(g))
+        for k, v in parts.items():  # train/loss_<term>: train/sigma is the measure (SigmaGain), not the loss term
+            self.log(f"train/loss_{k}", v, batch_size=len(g))
         return loss
 
     def validation_step(self, batch, batch_idx):
@@ -171,6 +171,12 @@ class NetworkFlow(FlowModule):
         self.evaluation_step(batch, "test", self.metric(batch).detach())
 
     def configure_optimizers(self):
-        opt = OPTIMIZERS[self.hparams.optimizer](self.model.parameters(), lr=self.hparams.lr)
+        """The optimizer with one parameter group per learning-rate multiplier (muP's; one group otherwise)."""
+        mult = lr_multipliers(self.model, self.hparams.optimizer)
+        groups: dict[float, list] = {}
+        for name, p in self.model.named_parameters():
+            groups.setdefault(mult.get(source_name(name), 1.0), []).append(p)
+        opt = OPTIMIZERS[self.hparams.optimizer]([{"params": ps, "lr": self.hparams.lr * k} for k, ps in groups.items()],
+                                                 lr=self.hparams.lr)
         sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=self.hparams.lr_decay)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

@@ -1,6 +1,6 @@
 """Charts on X, the holomorphic top form, pullbacks and the Fubini-Study metric.
 
-Conventions (REFERENCE.md section 1, extended to products): a chart is a pair (patch, elim). In each factor
+Conventions (docs/conventions.md section 2): a chart is a pair (patch, elim). In each factor
 P^{n_i} the point is scaled so that its coordinate of largest modulus is 1 (the factor's patch coordinate);
 the K eliminated coordinates (the K x K minor of dp/dz of largest |det| among the other coordinates) are
 solved for; the remaining d = dim X coordinates, in increasing order, are the local coordinates x_a.

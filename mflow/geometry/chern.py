@@ -42,6 +42,7 @@ from torch.func import jacfwd
 
 from .curvature import MetricFn
 from .forms import not_positive_definite
+from .montecarlo import weighted_mean_error
 from .volume import real_det
 
 
@@ -127,11 +128,14 @@ def euler_density(metric_fn: MetricFn, points, block: int = 2048) -> torch.Tenso
 
 def euler_characteristic(metric_fn: MetricFn, points, block: int = 2048) -> tuple[float, float]:
     """chi = mean(w X / (d! pi^d det g |Omega|^2)) over the points where g is positive definite:
-    CYPoints -> (estimate, Monte-Carlo standard error of that mean); (nan, nan) with fewer than 2 such points."""
+    CYPoints -> (estimate, Monte-Carlo standard error of that mean, the points of a sampling system counted together:
+    mflow.geometry.montecarlo); (nan, nan) with fewer than 2 such points."""
     d = points.pullback.shape[1]
-    parts = [points.weights[sl][ok] * x / points.omega_sq[sl][ok]
-             for sl, ok, x, _ in _euler_blocks(metric_fn, points, block)]
+    parts, systems = [], []
+    for sl, ok, x, _ in _euler_blocks(metric_fn, points, block):
+        parts.append(points.weights[sl][ok] * x / points.omega_sq[sl][ok])
+        systems.append(None if points.system is None else points.system[sl][ok.to(points.system.device)])
     s = torch.cat(parts) / (math.factorial(d) * math.pi**d) if parts else torch.zeros(0, dtype=torch.float64)
     if len(s) < 2:
         return float("nan"), float("nan")
-    return float(s.mean()), float(s.std() / math.sqrt(len(s)))
+    return weighted_mean_error(s, system=None if points.system is None else torch.cat(systems).to(s.device))

@@ -8,7 +8,7 @@ one P^n (the quintic) is the case m = K = 1 of the same code.
 Calabi-Yau condition: p_k is homogeneous of degree q_ki in factor i, and sum_k q_ki = n_i + 1 for every
 factor (the columns of the configuration matrix [n_i | q_ki]). The Kaehler form is J = sum_i t_i J_i, J_i
 the Fubini-Study form of factor i, so that int_X J^d = sum d_{i1..id} t_i1 ... t_id with the intersection
-numbers d_{i..} of :meth:`CompleteIntersection.intersection_number` (REFERENCE.md section 1 for m = 1).
+numbers d_{i..} of :meth:`CompleteIntersection.intersection_number` (docs/conventions.md section 1).
 """
 from __future__ import annotations
 

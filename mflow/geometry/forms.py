@@ -1,4 +1,4 @@
-"""Hermitian (1,1) forms on X: algebra, chart changes and the ambient frame (REFERENCE.md section 1).
+"""Hermitian (1,1) forms on X: algebra, chart changes and the ambient frame (docs/conventions.md sections 2, 8).
 
 A metric (or a metric correction) g_ab in a chart (patch, elim) is a (1,1) form; the gradient G = dL/dg of
 a loss is its dual. Under a change of chart at the same point, with T_ab = dx^from_b / dx^to_a,

@@ -5,7 +5,7 @@ Cylinder coordinates of P^1 = S^2: w = exp(s + i theta) in the affine chart z = 
 symmetric metric is g = rho(s) (ds^2 + dtheta^2), and everything below is a function of the conformal
 factor rho sampled on a uniform grid s_k (spacing ds), with central second differences at the interior
 points. The Fubini-Study metric (Kaehler potential (1/pi) log|z|^2, real metric 2 g_{w wbar} |dw|^2) is
-rho_FS = sech^2(s) / (2 pi): Gauss curvature K = 2 pi, Ric = 2 pi g (REFERENCE.md section 1), area 2.
+rho_FS = sech^2(s) / (2 pi): Gauss curvature K = 2 pi, Ric = 2 pi g (docs/conventions.md section 3), area 2.
 
 In these coordinates: R = -(log rho)'' / rho, Laplacian Delta f = f'' / rho, |grad f|^2 = f'^2 / rho,
 dV = 2 pi rho ds, so Perelman's functional (eq. 2.41) is

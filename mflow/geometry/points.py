@@ -1,4 +1,4 @@
-"""Points on X with everything the metric flows need, computed once (REFERENCE.md section 1)."""
+"""Points on X with everything the metric flows need, computed once (docs/conventions.md sections 2-4)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
@@ -7,7 +7,7 @@ import torch
 
 from . import charts
 from .cicy import RDTYPE, CompleteIntersection
-from .sampling import sample_points
+from .sampling import sample_points, system_index
 from . import volume
 from .volume import mc_weights
 
@@ -17,7 +17,10 @@ class CYPoints:
     """A batch of N points of X in their preferred charts.
 
     z [N, D] complex (each factor scaled to its patch), patch / elim [N] int64 (codes: mflow.geometry.charts), pullback [N, d, D],
-    omega_sq [N], g_fs [N, d, d] (pulled-back metric of J = sum t_i J_i), weights [N].
+    omega_sq [N], g_fs [N, d, d] (pulled-back metric of J = sum t_i J_i), weights [N];
+    system [N] int64 or None: the sampling system of each point (equal labels: the same random subspaces,
+    mflow.geometry.sampling.system_index; their use: mflow.geometry.montecarlo), None when unknown (every point then
+    counts as its own system). Batches (as_batch) leave it out.
     """
 
     z: torch.Tensor
@@ -27,12 +30,13 @@ class CYPoints:
     omega_sq: torch.Tensor
     g_fs: torch.Tensor
     weights: torch.Tensor
+    system: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.z)
 
     def __getitem__(self, idx) -> "CYPoints":
-        return CYPoints(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
+        return CYPoints(**{f.name: _apply(getattr(self, f.name), lambda t: t[idx]) for f in fields(self)})
 
     @property
     def features(self) -> torch.Tensor:
@@ -41,7 +45,7 @@ class CYPoints:
 
     def as_batch(self) -> dict[str, torch.Tensor]:
         """The batch dict the flows and losses consume: {z, patch, elim, pullback, omega_sq, g_fs, weights}."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "system"}
 
     def sigma(self, g: torch.Tensor | None = None) -> torch.Tensor:
         """sigma of the metric g [N, d, d] on these points, its own kappa (eq. B.11); g_FS when g is None."""
@@ -49,7 +53,12 @@ class CYPoints:
         return volume.sigma(self.weights.to(g.device), volume.real_det(g), self.omega_sq.to(g.device))
 
     def to(self, device) -> "CYPoints":
-        return CYPoints(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+        return CYPoints(**{f.name: _apply(getattr(self, f.name), lambda t: t.to(device)) for f in fields(self)})
+
+
+def _apply(t, fn):
+    """fn(t), None for None (the optional system labels)."""
+    return None if t is None else fn(t)
 
 
 RESIDUAL_TOL = 1e-6  # relative |p(z)| above which a point is not on the manifold (points of another X)
@@ -63,6 +72,8 @@ def check_points(points: CYPoints, surface: CompleteIntersection, what: str = "p
                          f"{surface.name} lives in {surface.ambient} ({surface.n_coords}): points of another manifold?")
     for f in fields(points):
         t = getattr(points, f.name)
+        if t is None:
+            continue
         t = torch.view_as_real(t) if t.is_complex() else t
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise ValueError(f"{what} contain NaN or inf (in {f.name}): resample them or fix the input file")
@@ -86,12 +97,17 @@ def features(z: torch.Tensor) -> torch.Tensor:
     return torch.cat([z.real, z.imag], -1).to(RDTYPE)
 
 
-def cy_points(surface: CompleteIntersection, z: torch.Tensor, drop_ties: bool = True) -> CYPoints:
-    """Charts, |Omega|^2, pullbacks, FS metric and MC weights of points z [N, D] on X (refuses singular points)."""
+def cy_points(surface: CompleteIntersection, z: torch.Tensor, drop_ties: bool = True,
+              system: torch.Tensor | None = None) -> CYPoints:
+    """Charts, |Omega|^2, pullbacks, FS metric and MC weights of points z [N, D] on X (refuses singular points), with
+    their sampling systems [N] (kept for the points kept)."""
     if drop_ties:
-        z = z[~charts.ties_for_largest(surface, z)]
+        keep = ~charts.ties_for_largest(surface, z)
+        z, system = z[keep], None if system is None else system[keep]
     z, dp, patch, elim = charts.choose_chart(surface, z)
-    return points_in_chart(surface, z, dp, patch, elim, check_smooth=True)
+    p = points_in_chart(surface, z, dp, patch, elim, check_smooth=True)
+    p.system = system
+    return p
 
 
 def points_in_chart(surface: CompleteIntersection, z, dp, patch, elim, check_smooth: bool = False) -> CYPoints:
@@ -107,15 +123,24 @@ def points_in_chart(surface: CompleteIntersection, z, dp, patch, elim, check_smo
 
 
 def cat_points(parts: list[CYPoints]) -> CYPoints:
-    """Concatenate CYPoints along the point axis."""
-    return CYPoints(**{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(CYPoints)})
+    """Concatenate CYPoints along the point axis. The parts are independent samples: their system labels are
+    renumbered apart (part k's shifted past part k-1's largest); None if any part has none."""
+    out = {f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(CYPoints) if f.name != "system"}
+    system, offset = [], 0
+    for p in parts:
+        if p.system is None:
+            return CYPoints(**out)
+        system.append(p.system - p.system.min() + offset if len(p) else p.system)
+        offset = int(system[-1].max()) + 1 if len(p) else offset
+    return CYPoints(**out, system=torch.cat(system) if system else None)
 
 
 def sample(surface: CompleteIntersection, n_points: int, seed: int) -> CYPoints:
     """n_points sampled points (mflow.geometry.sampling: Shiffman-Zelditch for one P^n) with their geometry,
     reproducible from the seed."""
     gen = torch.Generator().manual_seed(seed)
-    return cy_points(surface, sample_points(surface, n_points, gen))
+    z = sample_points(surface, n_points, gen)
+    return cy_points(surface, z, system=system_index(surface, len(z)))
 
 
 # ----------------------------------------------------------------------------- point-like inputs

@@ -1,4 +1,4 @@
-"""Monte-Carlo weights, kappa, eta and the sigma measure (REFERENCE.md section 1, eq. B.10-B.11)."""
+"""Monte-Carlo weights, kappa, eta and the sigma measure (docs/conventions.md section 5, eq. B.10-B.11)."""
 from __future__ import annotations
 
 import math

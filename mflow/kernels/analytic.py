@@ -9,7 +9,7 @@ Inputs. A point set ``x`` is any of
   * an object with a ``.z`` attribute (``mflow.geometry.points.CYPoints``),
   * a complex tensor z [N, n+1] (homogeneous coordinates),
   * a real tensor [N, D] of features. For points of P^n these are [Re z, Im z] (D = 2(n+1), the
-    network input of REFERENCE.md sec. 2); a kernel that needs z rebuilds z = f[:, :D/2] + i f[:, D/2:].
+    network input of docs/conventions.md section 2); a kernel that needs z rebuilds z = f[:, :D/2] + i f[:, D/2:].
 Each kernel says which view it uses (``uses = "features"`` for the NTKs, ``"z"`` for the
 FS-distance kernels) and converts with :func:`as_features` / :func:`as_z`, so the same CYPoints can
 be handed to every kernel. Outputs are float64.
@@ -117,7 +117,7 @@ class Kernel:
 class ReluNTK(Kernel):
     """Infinite-width NTK of ``MLP(d_in, 1, depth, width, 'relu', 'ntk', sigma_w, sigma_b)``.
 
-    neural-tangents convention (REFERENCE.md sec. 3): S0 = x.x'/d_in, T0 = 0; per dense layer
+    neural-tangents convention (docs/conventions.md section 8): S0 = x.x'/d_in, T0 = 0; per dense layer
     S <- sw^2 S + sb^2, T <- S + sw^2 T; per ReLU (c = arccos(S12/sqrt(S11 S22)))
     S <- sqrt(S11 S22)(sin c + (pi - c) cos c)/(2 pi), T <- T (pi - c)/(2 pi); ``depth`` hidden
     layers, then the dense read-out. Inputs: real features [N, d_in].
@@ -217,7 +217,7 @@ class GaussianFS(FSDistanceKernel):
     ``inverse=True`` reads sigma as an inverse width: exp(-sigma d_FS / 2) (exp(-sigma^2 d_FS^2 / 2) if
     squared). Table 1's sigma = 30 is only a usable kernel read this way (conf/kernel_gaussian.yaml):
     as printed, exp(-d / 60) lies in [0.974, 1] for every pair (d <= pi/2), an almost constant kernel
-    that cannot fit the train points (README, "Frozen-kernel flows").
+    that cannot fit the train points (docs/kernel_flows.md).
 
     d_FS is the FS geodesic distance (eq. 3.2, mflow.geometry.distance: exact at d = 0, so no
     threshold is needed; ``zero_below`` reproduces the paper's cut-off of eq. 3.4 if wanted).
@@ -307,7 +307,7 @@ class GaussianFS(FSDistanceKernel):
 
 
 class DeltaKernel(FSDistanceKernel):
-    """k(x_a, x_b) = 1 if x_b is the FS-nearest point of {x_b} to x_a, else 0 (REFERENCE.md sec. 3).
+    """k(x_a, x_b) = 1 if x_b is the FS-nearest point of {x_b} to x_a, else 0 (docs/conventions.md section 8).
 
     Not symmetric: rows are query (test) points, columns are train points, and each row has exactly
     one 1, so ``apply(x_test, x_train, v) = v[nearest]``: a test point takes the update of its

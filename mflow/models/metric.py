@@ -1,4 +1,4 @@
-"""Metric models: a network plus a head that turns its outputs into g_ab on X (REFERENCE.md section 2).
+"""Metric models: a network plus a head that turns its outputs into g_ab on X (docs/conventions.md section 7).
 
 Every model is a metric function ``model(z, patch, elim) -> g [N, d, d]`` of homogeneous
 points z [N, D] (scaled to their charts) in fixed charts, differentiable in z, so curvature and the
@@ -17,11 +17,12 @@ from ..geometry.cicy import CompleteIntersection
 from ..geometry.points import features as chart_features
 from . import taylor
 from .bihomogeneous import BihomogeneousNet
+from .dp_features import dp_norm, dp_norm_jets
 from .mlp import MLP
 
-HEADS = ("free", "addfs", "multfs", "matrixfs", "phifs", "bihomogeneous")
+from ..choices import FEATURES, HEADS, Activation, Features, Head, Parametrization, Precision, check_choice  # noqa: F401
+
 POTENTIAL_HEADS = ("phifs", "bihomogeneous")  # g = g_FS + d dbar phi: Kaehler by construction
-FEATURES = ("chart", "invariant")
 
 
 def invariant_features(z: torch.Tensor, slices=None) -> torch.Tensor:
@@ -57,7 +58,9 @@ class MetricModel(nn.Module):
     phifs (g_FS + d dbar phi pulled back: Kaehler by construction), bihomogeneous (g_FS + d dbar log Q / (D pi),
     Q a positive polynomial network in z_i conj(z_j) / |z|^2 with `depth` square layers of `width`: the model
     family of MLGeometry, mflow.models.bihomogeneous; activation and parametrisation do not apply to it).
-    features: chart or invariant (default: chart; the bihomogeneous head needs and defaults to invariant).
+    features: chart, invariant, or invariant_dp (the invariant features and the member's own log |dp_k|^2_FS, one per
+    equation, mflow.models.dp_features; phifs only) (default: chart; the bihomogeneous head needs and defaults to
+    invariant).
     out_scale multiplies the network output (the rescaling trick of eq. 2.15 with constant h),
     so that at initialisation g stays close to g_FS (bihomogeneous: the size of the noise on its
     near-identity initial weights).
@@ -69,29 +72,27 @@ class MetricModel(nn.Module):
     def __init__(
         self,
         surface: CompleteIntersection,
-        head: str = "multfs",
+        head: Head = "multfs",
         depth: int = 3,
         width: int = 64,
-        activation: str = "gelu",
-        parametrization: str = "standard",
+        activation: Activation = "gelu",
+        parametrization: Parametrization = "standard",
         sigma_w: float = 1.0,
         sigma_b: float = 0.0,
-        features: str | None = None,
+        features: Features | None = None,
         out_scale: float = 0.01,
-        precision: str = "float64",
+        precision: Precision = "float64",
         compile: bool = False,
         moduli_input: bool = False,
     ):
         super().__init__()
         self.dtype = checks.precision("precision", precision)
-        if head not in HEADS:
-            raise ValueError(f"unknown head {head!r}; choose one of {HEADS}")
+        check_choice("head", head, Head)
         if head == "phifs" and activation == "relu":
             raise ValueError("phifs with activation relu: d dbar of a piecewise-linear phi vanishes, so g would stay "
                              "g_FS; choose activation gelu, tanh or cos")
         features = features or ("invariant" if head == "bihomogeneous" else "chart")
-        if features not in FEATURES:
-            raise ValueError(f"unknown features {features!r}; choose one of {FEATURES}")
+        check_choice("features", features, Features)
         if head == "bihomogeneous" and features != "invariant":
             raise ValueError("the bihomogeneous head is a polynomial in z_i conj(z_j) / |z|^2: use features: invariant")
         self.surface, self.head, self.features, self.out_scale = surface, head, features, out_scale
@@ -104,6 +105,12 @@ class MetricModel(nn.Module):
             self.net = BihomogeneousNet(sizes, width, depth, noise=out_scale)
         else:
             d_in = 2 * sum(sizes) if features == "chart" else sum(s * s for s in sizes)
+            if features == "invariant_dp":
+                if head != "phifs":
+                    raise ValueError("features: invariant_dp feeds the phifs head (its jets are closed-form); "
+                                     "choose head: phifs or features: invariant / chart")
+                d_in += surface.K
+                self.register_buffer("dp_scale", _dp_scale(surface))
             d_in += len(sizes) if self.moduli_input else 0
             d_out = 1 if head == "phifs" else self.m * self.m
             self.net = MLP(d_in, d_out, depth, width, activation, parametrization, sigma_w, sigma_b)
@@ -126,8 +133,11 @@ class MetricModel(nn.Module):
         return state
 
     def inputs(self, z: torch.Tensor, kahler: torch.Tensor | None = None) -> torch.Tensor:
-        """The network input at z [N, D]: chart or invariant features, then the moduli t [N, m] if it takes them."""
+        """The network input at z [N, D]: chart or invariant features (invariant_dp: then the standardised log |dp_k|^2_FS),
+        then the moduli t [N, m] if it takes them."""
         u = chart_features(z) if self.features == "chart" else invariant_features(z, self.surface.factor_slices)
+        if self.features == "invariant_dp":
+            u = torch.cat([u, (dp_norm(self.surface, z) - self.dp_scale[0]) / self.dp_scale[1]], -1)
         if not self.moduli_input:
             return u
         return torch.cat([u, self._moduli(kahler, len(z), z.device)], -1)
@@ -160,6 +170,10 @@ class MetricModel(nn.Module):
             jets = taylor.chart_feature_jets(z, J)
         else:
             jets = taylor.product_jets([taylor.invariant_feature_jets(z[:, s], J[..., s]) for s in self.surface.factor_slices])
+            if self.features == "invariant_dp":
+                u, du, ddu = dp_norm_jets(self.surface, z, J)
+                mu, sd = self.dp_scale
+                jets = taylor.product_jets([jets, ((u - mu) / sd, du / sd, ddu / sd)])
         if self.moduli_input:  # t is constant along X
             jets = taylor.product_jets([jets, taylor.constant_jets(self._moduli(kahler, len(z), z.device), J.shape[1])])
         u, du, ddu = (t.to(self.dtype) for t in jets)
@@ -190,3 +204,12 @@ class MetricModel(nn.Module):
         if self.head == "multfs":
             return g_fs * (1 + H)
         return g_fs + (g_fs @ H + H @ g_fs) / 2  # matrixfs
+
+
+def _dp_scale(surface: CompleteIntersection, n: int = 4096) -> torch.Tensor:
+    """Mean and standard deviation of log |dp_k|^2_FS over n seeded Gaussian points of the ambient space: [2, K], so
+    that the invariant_dp feature enters the network at unit scale whatever the size of the coefficients."""
+    gen = torch.Generator().manual_seed(0)
+    z = torch.view_as_complex(torch.randn(n, surface.n_coords, 2, generator=gen, dtype=torch.float64))
+    u = dp_norm(surface, z)
+    return torch.stack([u.mean(0), u.std(0).clamp_min(1e-6)])

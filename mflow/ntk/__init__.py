@@ -11,12 +11,14 @@ from .drift import cka, kernel_distance, relative_change
 from .jacobian import output_jacobian
 from .linearized import LinearizedModel
 from .metric_ntk import metric_ntk, metric_ntk_fn, metric_plan, network_ntk, output_ntk
-from .plan import DEFAULT_MAX_BYTES, KINDS, METHODS, NTKTooLarge, Plan, plan
+from mflow.choices import NTK_KINDS, NTK_METHODS
+
+from .plan import DEFAULT_MAX_BYTES, NTKTooLarge, Plan, plan
 from .structured import StructureError
 from .vp import ntk_vp
 
 __all__ = [
-    "DEFAULT_MAX_BYTES", "KINDS", "METHODS", "LinearizedModel", "NTKTooLarge", "Plan", "StructureError", "cka",
+    "DEFAULT_MAX_BYTES", "NTK_KINDS", "NTK_METHODS", "LinearizedModel", "NTKTooLarge", "Plan", "StructureError", "cka",
     "component_names", "kernel_distance", "metric_ntk", "metric_ntk_fn", "metric_output", "metric_plan",
     "network_ntk", "network_output", "ntk_vp", "output_jacobian", "output_ntk", "plan", "real_components",
     "relative_change", "trainable",

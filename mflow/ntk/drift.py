@@ -1,4 +1,4 @@
-"""How far an empirical NTK has moved from its value at initialisation (REFERENCE.md sec. 4), and the
+"""How far an empirical NTK has moved from its value at initialisation (docs/conventions.md section 9), and the
 analytic frozen kernel the network output of a ReLU net in NTK parametrisation tends to."""
 from __future__ import annotations
 

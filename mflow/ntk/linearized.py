@@ -75,6 +75,12 @@ class LinearizedModel(nn.Module):
         return g0 + dg
 
 
+def source_name(name: str) -> str:
+    """The name, in the wrapped model, of a LinearizedModel parameter: 'theta.net__net__0__weight' ->
+    'base.net.net.0.weight' (where the wrapped model's layer, e.g. its muP learning-rate multipliers, is found)."""
+    return "base." + name[len("theta."):].replace("__", ".") if name.startswith("theta.") else name
+
+
 def _owner(module: nn.Module, name: str) -> tuple[nn.Module, str]:
     *path, leaf = name.split(".")
     for p in path:

@@ -5,10 +5,7 @@ import math
 from dataclasses import dataclass
 
 from mflow.checks import integer
-
-KINDS = ("full", "trace", "diagonal")
-
-METHODS = ("auto", "structured", "jacobian", "vp")
+from mflow.choices import NTKKind, NTKMethod, check_choice
 
 DEFAULT_MAX_BYTES = 2 * 1024**3  # 2 GiB
 
@@ -61,11 +58,9 @@ class Plan:
         C = self.components
         return {"full": (self.n_a, self.n_b, C, C), "diagonal": (self.n_a, self.n_b, C), "trace": (self.n_a, self.n_b)}[self.kind]
 
-def check_kind_method(kind: str, method: str) -> None:
-    if kind not in KINDS:
-        raise ValueError(f"unknown kind {kind!r}; choose one of {KINDS}")
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+def check_kind_method(kind: NTKKind, method: NTKMethod) -> None:
+    check_choice("kind", kind, NTKKind)
+    check_choice("method", method, NTKMethod)
 
 
 def _positive_int(name, v):

@@ -22,7 +22,7 @@ if __name__ == "__main__":
     devices, cache, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
     torch.set_num_threads(1)
     dm = CYDataModule(n_points=1000, batch_size=64, cache_dir=cache, seed=3)
-    model = NetworkFlow(width=16, depth=2, out_scale=0.5, init_seed=7)
+    model = NetworkFlow(dm.surface, width=16, depth=2, out_scale=0.5, init_seed=7)
     trainer = L.Trainer(
         accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
         logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
