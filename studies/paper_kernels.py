@@ -35,7 +35,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mflow.cli.options import Parser  # noqa: E402
+from mflow.cli.options import Parser, boolean  # noqa: E402
 from mflow.data.pointset import sample_pointset  # noqa: E402
 from mflow.evaluation.plots import gain_curve  # noqa: E402
 from mflow.evaluation.scaling import PAPER_FIT, distance_scaling  # noqa: E402
@@ -221,19 +221,20 @@ def figure(rows: list[dict], scaling: dict, bounds: dict, small: int):
 
 
 def main(argv=None) -> dict:
-    p = Parser(description=__doc__.split("\n")[0], renamed={"--out": "--out_dir"})
+    p = Parser(description=__doc__.split("\n")[0], renamed={"--out": "--out_dir", "--no_unclustered": "--unclustered=false"})
     p.add_argument("--config", default=str(ROOT / "conf" / "studies" / "paper_kernels.yaml"))
     p.add_argument("--out_dir", default="runs/paper-kernels")
     p.add_argument("--sizes", type=int, nargs="+", help="only these train sizes")
     p.add_argument("--kernels", nargs="+", help="only these kernels")
-    p.add_argument("--no_unclustered", action="store_true", help="skip the unclustered 1e5 comparison")
+    p.add_argument("--unclustered", type=boolean, default=True, metavar="true|false",
+                   help="run the unclustered 1e5 comparison (default true)")
     a = p.parse_args(argv)
     cfg = load_config(a.config)
     if a.sizes:
         cfg["sizes"] = a.sizes
     if a.kernels:
         cfg["kernels"] = a.kernels
-    if a.no_unclustered or (a.sizes and cfg.get("unclustered", {}).get("size") not in a.sizes):
+    if not a.unclustered or (a.sizes and cfg.get("unclustered", {}).get("size") not in a.sizes):
         cfg.pop("unclustered", None)
     out = Path(a.out_dir)
     out.mkdir(parents=True, exist_ok=True)

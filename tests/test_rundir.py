@@ -111,6 +111,10 @@ def test_a_used_directory_is_refused_unless_overwrite(finished, tmp_path):
     with pytest.raises(ValueError, match="holds a run already .*--resume .*--overwrite"):
         main([*COMMON, "--trainer.max_epochs=1", f"--run_dir={rd}"])
     assert _files(rd) == before
+    with pytest.raises(ValueError, match="NTKDrift needs at least 2 validation points"):  # fails its checks:
+        main([*COMMON, "--trainer.max_epochs=1", "--overwrite", f"--run_dir={rd}", "--data.val_fraction=0",
+              "--trainer.callbacks=[{class_path: mflow.callbacks.NTKDrift}]"])
+    assert _files(rd) == before  # ... so the earlier run is left as it was
     main([*COMMON, "--trainer.max_epochs=1", "--model.lr=0.02", "--overwrite", f"--run_dir={rd}"])
     cfg = yaml.safe_load((rd / "config.yaml").read_text())
     ck = _ckpt(rd / "checkpoints" / "last.ckpt")
@@ -303,3 +307,17 @@ def test_distributed_logging_advice_is_silenced():
         warnings.warn("It is recommended to use `self.log('val/sigma', ..., sync_dist=True)` when logging on epoch "
                       "level in distributed setting to accumulate the metric across devices.", PossibleUserWarning)
     assert not seen
+
+
+def test_resume_refuses_a_checkpoint_that_changed_after_it_was_chosen(finished, tmp_path):
+    """A resume chooses its checkpoint before it can lock the directory; once locked it checks the choice still
+    holds (the run it resumes may have written a newer state in between)."""
+    from dataclasses import replace
+
+    from mflow.cli.resume import check_still_newest, newest_checkpoint
+
+    rd = _copy(finished, tmp_path / "run")
+    chosen = newest_checkpoint(rd, log=lambda *a: None)
+    check_still_newest(chosen)  # unchanged: fine
+    with pytest.raises(ValueError, match="changed while this run was starting"):
+        check_still_newest(replace(chosen, step=chosen.step - 3))

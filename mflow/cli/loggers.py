@@ -61,7 +61,8 @@ def check_online(timeout: float = 5.0) -> None:
 
 def make_loggers(run_dir: str, mode: str, run_id: str | None) -> list:
     """The CSV logger (<run_dir>/csv/version_<k>: a resumed run adds one) and, unless mode is 'off', W&B in that
-    mode with the run's id as W&B id (a resumed run continues its own W&B run, a new run never reuses one)."""
+    mode with the run's id as W&B id (a resumed run continues its own W&B run, a new run never reuses one).
+    train.py has checked the connection (:func:`check_online`) before it wrote anything."""
     from lightning.pytorch.loggers import CSVLogger
 
     check_mode(mode)
@@ -71,8 +72,6 @@ def make_loggers(run_dir: str, mode: str, run_id: str | None) -> list:
     import wandb
     from lightning.pytorch.loggers import WandbLogger
 
-    if mode == "online":
-        check_online()
     logger = WandbLogger(project="mflow", save_dir=run_dir, offline=mode == "offline", id=run_id,
                          settings=wandb.Settings(init_timeout=30, silent=True, console="off"))
     logger._wandb_init.pop("anonymous", None)  # Lightning passes anonymous=None, which W&B warns about

@@ -45,10 +45,11 @@ class Parser(argparse.ArgumentParser):
         """The current spelling of an old option of this parser (None: not an old option)."""
         if not option.startswith("--") or option in self._option_string_actions:
             return None
-        new = self.renamed.get(option)
-        if new is not None and new.split("=", 1)[0] in self._option_string_actions:
-            return new
         snake = "--" + option[2:].replace("-", "_")
+        for old in (option, snake):  # a renamed option, in either spelling
+            new = self.renamed.get(old)
+            if new is not None and new.split("=", 1)[0] in self._option_string_actions:
+                return new
         return snake if snake != option and snake in self._option_string_actions else None
 
     def parse_known_args(self, args=None, namespace=None):

@@ -123,12 +123,19 @@ def given_checkpoint(ckpt: Path) -> Resume:
     if not ckpt.is_file():
         raise ValueError(f"--ckpt_path {ckpt}: no such checkpoint file")
     run = run_of_checkpoint(ckpt)
-    if (run / "config.yaml").is_file():
-        ck, why = _candidate(ckpt, run_id_of(run))
-        if ck is None:
-            raise ValueError(f"--ckpt_path {ckpt} cannot resume {run}: {why}")
-        return as_resume(run, ckpt, ck)
-    return Resume(run, ckpt, 0, 0, None)
+    ck, why = _candidate(ckpt, run_id_of(run))
+    if ck is None:
+        raise ValueError(f"--ckpt_path {ckpt} cannot resume {run}: {why}")
+    return as_resume(run, ckpt, ck)
+
+
+def check_still_newest(resumed: Resume) -> None:
+    """Called once the run directory is locked: refuse when the chosen checkpoint changed since it was chosen (the
+    run it resumes was still writing then), so that a resume never continues from a stale state."""
+    ck, _ = _candidate(resumed.ckpt, run_id_of(resumed.run))
+    if ck is None or int(ck.get("global_step", 0)) != resumed.step:
+        raise ValueError(f"{resumed.ckpt} changed while this run was starting (the run was still writing it): "
+                         f"run the same command again to resume from its new state")
 
 
 def _same_folder(a, b) -> bool:

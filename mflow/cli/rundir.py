@@ -54,7 +54,7 @@ class RunDir:
         self._lock()
         try:
             if self.new_run:
-                self._make_room()
+                self._held_run()  # refused now; with --overwrite its files go only once the checks pass (make_room)
             self._before, self._t0 = snapshot(self.path), time.time_ns()
         except BaseException:
             self._release()
@@ -86,17 +86,27 @@ class RunDir:
             os.close(self._fd)  # closing the descriptor releases the lock
             self._fd = None
 
-    def _make_room(self) -> None:
+    def _held_run(self) -> list[Path]:
+        """The files of a run already in the directory ([] if none); refused unless --overwrite."""
         held = [p for p in entries(self.path) if p.name in RUN_FILES]
         if not any(p.name in RUN_MARKERS for p in held):  # no run here (other files stay as they are)
-            return
-        names = ", ".join(p.name for p in held)
+            return []
         if not self.overwrite:
-            raise ValueError(f"{self.path} holds a run already ({names}): --resume {self.path} continues it, "
-                             "--overwrite replaces it, or choose another --run_dir")
+            raise ValueError(f"{self.path} holds a run already ({', '.join(p.name for p in held)}): --resume "
+                             f"{self.path} continues it, --overwrite replaces it, or choose another --run_dir")
+        return held
+
+    def make_room(self) -> None:
+        """--overwrite: remove the earlier run's files; called once the new run's checks have passed, so that a
+        start that fails its checks leaves the earlier run as it was."""
+        if not (self.active and self.new_run):
+            return
+        held = self._held_run()
         for p in held:
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-        print(f"[mflow] --overwrite: removed the earlier run's {names} from {self.path}")
+        if held:
+            print(f"[mflow] --overwrite: removed the earlier run's {', '.join(p.name for p in held)} from {self.path}")
+        self._before = snapshot(self.path)
 
     def wrote_checkpoint(self) -> bool:
         """Whether this run wrote a checkpoint (then it can be resumed, and a failure keeps it)."""

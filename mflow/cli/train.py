@@ -43,7 +43,7 @@ from mflow.io import atomic_write, check_writable, remove_stale_temporaries
 from .options import choice_error, help_formatter, train_choices
 from .threads import configure_threads, thread_share
 from .loggers import check_mode, check_online, describe, make_loggers, quiet_dependencies
-from .resume import Resume, parse_options, resume_arguments
+from .resume import Resume, check_still_newest, parse_options, resume_arguments
 from .rundir import RunDir, new_run_id
 
 DEFAULT_CONFIG = default_config()  # conf/default.yaml, of the checkout or of the installed wheel (missing: an error)
@@ -214,16 +214,19 @@ def main(args=None, callbacks=()):
     note = duration_note(trainer.max_epochs, trainer.max_steps, cfg.trainer.max_time)
     if note and trainer.is_global_zero:
         print(note)
-    with RunDir(cfg.run_dir, new_run=resumed is None, overwrite=cfg.overwrite, active=trainer.global_rank == 0):
+    with RunDir(cfg.run_dir, new_run=resumed is None, overwrite=cfg.overwrite, active=trainer.global_rank == 0) as rd:
+        if resumed is not None and trainer.global_rank == 0:
+            check_still_newest(resumed)
         for d in (Path(cfg.run_dir), Path(cfg.run_dir) / "checkpoints"):
             remove_stale_temporaries(d)
         check_data(cli)
+        rd.make_room()
         summary, last = build_trainer_extras(cli, callbacks)
         if resumed is not None:
             print(f"[mflow] resuming {resumed.run} from {cfg.ckpt_path} (step {resumed.step})")
         with last.interruptible() if last is not None else nullcontext():
             trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cfg.ckpt_path)
-        stopped = last is not None and last.stop_requested
+        stopped = last is not None and last.end == "interrupted"
         if cfg.test and not trainer.interrupted and not stopped:
             trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
     if trainer.is_global_zero:

@@ -89,7 +89,7 @@ def cluster_points(points, surface, n_clusters: int, cluster_batch_size: int, se
     if n_clusters > len(points):
         raise ValueError(f"n_clusters = {n_clusters} exceeds the {len(points)} train points: use fewer clusters")
     labels = batched_clustering(points.z, n_clusters, min(cluster_batch_size, len(points)), seed, merge, linkage,
-                                X=surface)
+                                X=surface, progress=True)
     return check_labels(labels, len(points), n_clusters)
 
 

@@ -32,6 +32,7 @@ from mflow.checks import integer
 from mflow.geometry.distance import fs_distance_matrix
 from mflow.geometry.points import as_z
 from mflow.io import pyplot, write_png
+from mflow.progress import progress as show_progress
 
 MERGES = ("greedy", "nearest", "hungarian")
 LINKAGES = ("complete", "average")
@@ -100,7 +101,8 @@ def check_settings(n_clusters: int, batch_size: int, merge: str, linkage: str, b
 
 
 def batched_clustering(
-    z, n_clusters: int, batch_size: int, seed: int = 0, merge: str = "greedy", linkage: str = "complete", X=None
+    z, n_clusters: int, batch_size: int, seed: int = 0, merge: str = "greedy", linkage: str = "complete", X=None,
+    progress: bool = False,
 ) -> torch.Tensor:
     """Batched FS clustering (sec. 3.1, eq. 3.3): z [N, D] (or CYPoints) -> labels [N] int64 in [0, n_clusters).
 
@@ -108,6 +110,7 @@ def batched_clustering(
     shorter; it is clustered into min(n_clusters, its size) clusters). ``merge`` and ``linkage``
     (the cross-batch cluster distance, 'complete' = eq. 3.3): see the module doc.
     With batch_size >= N this is ``cluster_batch`` on all points. X: the manifold (products: its product distance).
+    progress: show the mini batches' progress (mflow.progress).
     """
     z = as_z(z)
     check_settings(n_clusters, batch_size, merge, linkage)
@@ -120,7 +123,8 @@ def batched_clustering(
     first = batches[0]
     l1 = cluster_batch(z[first], n_clusters, X)
     labels[first] = l1
-    for idx in batches[1:]:
+    rest = show_progress(batches[1:], len(batches) - 1, f"clustering {len(z)} points (mini batches)") if progress else batches[1:]
+    for idx in rest:
         k = min(n_clusters, len(idx))
         lb = cluster_batch(z[idx], k, X)
         cost = _linkage(fs_distance_matrix(z[first], z[idx], X=X), l1, n_clusters, lb, k, linkage)

@@ -32,6 +32,7 @@ from mflow.geometry.cicy import CDTYPE, RDTYPE, CompleteIntersection
 from mflow.geometry.points import CYPoints, cat_points, check_on_surface, cy_points, sample
 from mflow.geometry.sampling import system_index
 from mflow.io import atomic_write
+from mflow.progress import progress as show_progress
 
 from .population import check_population, rejection_chunk, sample_population
 
@@ -90,9 +91,7 @@ def sample_pointset(
     sizes = [min(chunk_size, n_points - i) for i in range(0, n_points, chunk_size)]
     it = enumerate(sizes)
     if progress:
-        from tqdm import tqdm
-
-        it = tqdm(it, total=len(sizes), desc=f"sampling {n_points} points", unit="chunk")
+        it = show_progress(it, len(sizes), f"sampling {n_points} points (chunks)")
     return cat_points([sample(surface, m, chunk_seed(seed, k)) for k, m in it])
 
 

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import torch
 
-from mflow.choices import check_choice
+from mflow.choices import POPULATIONS, check_choice
 from mflow.geometry import charts
 from mflow.geometry.cicy import CompleteIntersection
 from mflow.geometry.points import CYPoints, cat_points, sample
 
-POPULATIONS = ("all_charts", "one_chart")
 PILOT_POINTS, PILOT_SEED = 20_000, 271_828
 MAX_OVERSAMPLING = 100  # one_chart refuses a chart that keeps fewer than 1 in this many sampled points
 

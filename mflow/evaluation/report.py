@@ -100,9 +100,11 @@ def evaluate_checkpoint(
     keep_chart: bool = False,
     device: torch.device = torch.device("cpu"),
     log=print,
+    overlap: bool = False,
 ) -> dict:
     """All measures of one checkpoint (module doc); returns its eval.json section. keep_chart: noised points are
-    written in their train point's chart (the paper's one-chart points keep their chart)."""
+    written in their train point's chart (the paper's one-chart points keep their chart). overlap: report how many
+    test points are train points (test points from a user's file)."""
     t0 = time.perf_counter()
     timings = {}
     train = train_points(ck)
@@ -126,6 +128,8 @@ def evaluate_checkpoint(
     out["test"]["seed"] = seed
     sub = test[: min(n_distance, len(test))] if n_distance > 0 else test[:0]
     out["test"]["distance_to_train"] = stats(index.query(sub.z)[0]) if len(sub) else stats(torch.zeros(0))
+    if overlap:
+        out["test"]["train_overlap"] = train_overlap(test.z, train.z, ck.surface)
     out["test"]["ricci"] = ricci_measures(ck, test, ricci_points)
     timings["test"] = time.perf_counter() - t
 
@@ -334,12 +338,11 @@ def evaluate(
         result = evaluate_checkpoint(
             ck, test, seed=seed, mode=mode, variances=variances, distances=distances, n_noise=n_noise,
             n_distance=n_distance, ricci_points=ricci_points, keep_chart=keep_chart or pop == "one_chart", device=dev,
-            log=log,
+            log=log, overlap=test_given is not None,
         )
         result["population"] = {"trained_on": trained_on, "test": pop if test_given is None else "given"}
         if test_given is not None:  # points of a file: how many are the checkpoint's train points
-            result["test"].update(seed=None, source=Path(test_data).name,
-                                  train_overlap=train_overlap(test.z, train_points(ck).z, ck.surface))
+            result["test"].update(seed=None, source=Path(test_data).name)
             msg = overlap_warning(ck.path, test_data, result["test"]["train_overlap"])
             if msg:
                 warnings_.append(msg)

@@ -9,7 +9,8 @@ import math
 
 import torch
 
-from mflow.choices import check_choice, Activation, Features, Head, LossTerm, Optimizer, Parametrization, Precision
+from mflow.choices import (NETWORK_PD_POLICIES, Activation, Features, Head, LossTerm, NetworkPDPolicy, Optimizer,
+                           Parametrization, Precision, check_choice)
 
 from mflow import losses as losses_
 from mflow.geometry.forms import NotPositiveDefiniteError
@@ -18,10 +19,9 @@ from mflow.models.metric import MetricModel
 from mflow.models.mlp import lr_multipliers
 from mflow.ntk.linearized import LinearizedModel, source_name
 
-from .base import FlowModule, PDPolicy, Surface, check_pd_policy, datamodule_of
+from .base import FlowModule, Surface, check_pd_policy, datamodule_of
 from .measures import WeightedMean
 
-NETWORK_PD_POLICIES = ("stop", "continue")  # a network's optimizer step cannot be undone: no backtrack or clip
 FAMILY_LOSSES = {"sigma", "ultra_local_square", "ultra_local_entropy"}  # per-point kappa(t) enters through eta
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 
@@ -78,7 +78,7 @@ class NetworkFlow(FlowModule):
         precision: Precision = "float64",
         compile: bool = False,
         moduli_input: bool = False,
-        pd_policy: PDPolicy = "stop",
+        pd_policy: NetworkPDPolicy = "stop",
     ):
         super().__init__(surface)
         loss_weights = {"sigma": 1.0} if loss_weights is None else loss_weights

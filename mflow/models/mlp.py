@@ -30,7 +30,8 @@ import math
 import torch
 from torch import nn
 
-PARAMETRIZATIONS = ("standard", "ntk", "mup")
+from mflow.choices import PARAMETRIZATIONS
+
 MUP_BASE_WIDTH = 64  # muP equals the standard parametrisation at this width (the shipped networks')
 
 ACTIVATIONS = {
