@@ -304,12 +304,13 @@ def test_pd_policies(split):
 def test_one_pd_vocabulary():
     """One PDPolicy for every flow (mflow.flows.base): a flow refuses what it cannot do in one line; the old network
     value raise names its new name."""
+    from mflow.choices import NETWORK_PD_POLICIES, NetworkPDPolicy
     from mflow.flows.base import PD_POLICIES, PDPolicy
     from mflow.flows.network import NetworkFlow
 
-    assert PD_POLICIES == ("stop", "continue", "backtrack", "clip")
-    for cls in (NetworkFlow, KernelFlow):
-        assert inspect.signature(cls).parameters["pd_policy"].annotation in (PDPolicy, "PDPolicy")
+    assert PD_POLICIES == ("stop", "continue", "backtrack", "clip") and NETWORK_PD_POLICIES == ("stop", "continue")
+    assert inspect.signature(KernelFlow).parameters["pd_policy"].annotation in (PDPolicy, "PDPolicy")
+    assert inspect.signature(NetworkFlow).parameters["pd_policy"].annotation in (NetworkPDPolicy, "NetworkPDPolicy")
     X = manifold("fermat_quintic")
     assert NetworkFlow(X, width=4, pd_policy="continue").hparams.pd_policy == "continue"
     for policy in ("backtrack", "clip"):
