@@ -169,7 +169,7 @@ def build_trainer_extras(cli: MflowCLI, extra_callbacks=()) -> tuple[RunSummary,
 
 def make_cli(argv: list[str], cls=MflowCLI) -> MflowCLI:
     """The CLI of a command line: parsed and built (model, data, trainer; nothing written)."""
-    defaults = [str(DEFAULT_CONFIG)] if DEFAULT_CONFIG.exists() else []
+    defaults = [str(DEFAULT_CONFIG)]
     check_config_files(defaults + [v for k, v in parse_options(argv) if k in ("config", "c") and v])
     try:
         return cls(

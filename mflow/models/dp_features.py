@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from ..geometry.charts import factor_norms_sq
 from ..geometry.cicy import CDTYPE, CompleteIntersection, Polynomials
 from . import taylor
 
@@ -55,10 +56,7 @@ def _build_hessian_polys(X: CompleteIntersection) -> Polynomials:
 
 def dp_norm(X: CompleteIntersection, z: torch.Tensor) -> torch.Tensor:
     """u_k = log N_k(z) of the module doc: [N, D] -> [N, K]."""
-    dp = X.gradient(z)  # [N, K, D]
-    f = X.factor_of.to(z.device)
-    r = torch.zeros(len(z), len(X.dims), dtype=torch.float64, device=z.device).index_add(-1, f, z.abs() ** 2)
-    G = torch.zeros(*dp.shape[:-1], len(X.dims), dtype=torch.float64, device=z.device).index_add(-1, f, dp.abs() ** 2)
+    r, G = factor_norms_sq(X, z), factor_norms_sq(X, X.gradient(z))  # [N, m], [N, K, m]
     q = torch.tensor(X.configuration, dtype=torch.float64, device=z.device)  # [K, m]
     return torch.log((G * r[:, None, :]).sum(-1)) - torch.log(r) @ q.T
 
@@ -68,16 +66,16 @@ def dp_norm_jets(X: CompleteIntersection, z: torch.Tensor, J: torch.Tensor):
     N, D, K, nf = len(z), X.n_coords, X.K, len(X.dims)
     a, b = taylor.pairs(J.shape[1], z.device)
     f = X.factor_of.to(z.device)
-    onehot = (f[:, None] == torch.arange(nf, device=z.device)).to(torch.float64)  # [D, m]
+    onehot = (f[:, None] == torch.arange(nf, device=z.device)).to(CDTYPE)  # [D, m]: sums over each factor
     h = X.gradient(z)  # [N, K, D]
     H = _hessian_polys(X)(z).reshape(N, K, D, D)
     dh = torch.einsum("naJ,nkJI->nkaI", J, H)  # d_a h_I [N, K, m, D]
-    G = (h.abs() ** 2).real @ onehot  # [N, K, nf]
-    dG = (dh * h.conj()[:, :, None, :]).to(CDTYPE) @ onehot.to(CDTYPE)  # [N, K, m, nf]
-    ddG = (dh[:, :, a] * dh.conj()[:, :, b]) @ onehot.to(CDTYPE)  # [N, K, P, nf]
-    r = (z.abs() ** 2) @ onehot  # [N, nf]
-    dr = (J * z.conj()[:, None, :]) @ onehot.to(CDTYPE)  # [N, m, nf]
-    ddr = (J[:, a] * J.conj()[:, b]) @ onehot.to(CDTYPE)  # [N, P, nf]
+    G = factor_norms_sq(X, h)  # [N, K, nf]
+    dG = (dh * h.conj()[:, :, None, :]).to(CDTYPE) @ onehot  # [N, K, m, nf]
+    ddG = (dh[:, :, a] * dh.conj()[:, :, b]) @ onehot  # [N, K, P, nf]
+    r = factor_norms_sq(X, z)  # [N, nf]
+    dr = (J * z.conj()[:, None, :]) @ onehot  # [N, m, nf]
+    ddr = (J[:, a] * J.conj()[:, b]) @ onehot  # [N, P, nf]
     F = (r[:, None] * G).sum(-1)  # [N, K]
     dF = (dr[:, None] * G[:, :, None] + r[:, None, None] * dG).sum(-1)  # [N, K, m]
     ddF = (ddr[:, None] * G[:, :, None] + dr[:, None, a] * dG.conj()[:, :, b] + dG[:, :, a] * dr.conj()[:, None, b]
