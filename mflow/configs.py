@@ -4,6 +4,8 @@ wheel, the package data ``mflow/_conf`` (pyproject.toml maps conf/ there). Both 
     conf_dir()          the folder (FileNotFoundError if neither exists: never a silent fallback)
     default_config()    conf_dir() / "default.yaml", the built-in default of train.py
     config(name)        conf_dir() / name, e.g. config("best.yaml") or config("paper/kernel_delta.yaml")
+    preset_config(m)    the shipped config of manifold preset m (PRESET_CONFIGS): train.py's base config for
+                        ``--data.manifold=m`` without ``--config``
 """
 from __future__ import annotations
 
@@ -13,6 +15,11 @@ PACKAGE = Path(__file__).resolve().parent
 INSTALLED = PACKAGE / "_conf"  # the wheel's copy of conf/
 CHECKOUT = PACKAGE.parent / "conf"  # the repository's conf/, beside mflow/ (editable installs, running from source)
 DEFAULT = "default.yaml"
+PRESET_CONFIGS = {  # preset (mflow.geometry.presets.PRESETS) -> its shipped config under conf/
+    "fermat_quintic": DEFAULT, "fermat_quartic": DEFAULT, "fermat_cubic": DEFAULT,  # Fermat members: MultFS is enough
+    "dwork": "dwork.yaml", "random": "random.yaml", "bicubic": "bicubic.yaml", "p1p3": "p1p3.yaml",
+    "tetraquadric": "tetraquadric.yaml", "two_cubics": "two_cubics.yaml",  # generic members: PhiFS on invariant_dp
+}
 
 
 def _is_checkout() -> bool:
@@ -41,3 +48,9 @@ def config(name: str) -> Path:
 def default_config() -> Path:
     """conf/default.yaml: train.py's built-in default (FileNotFoundError if it is missing)."""
     return config(DEFAULT)
+
+
+def preset_config(manifold: str) -> Path | None:
+    """The shipped config of a manifold preset (PRESET_CONFIGS; None for a name that is no preset)."""
+    name = PRESET_CONFIGS.get(manifold)
+    return None if name is None else config(name)

@@ -34,14 +34,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from mflow.cli.options import Parser  # noqa: E402
-from mflow import losses  # noqa: E402
 from mflow.data.pointset import sample_pointset  # noqa: E402
-from mflow.flows import FrozenKernelFlow, NetworkFlow  # noqa: E402
+from mflow.flows import NetworkFlow  # noqa: E402
 from mflow.evaluation.checkpoints import load_checkpoint, recorded_splits  # noqa: E402
-from mflow.geometry.forms import dual_components  # noqa: E402
 from mflow.io import pyplot, write_json, write_study  # noqa: E402
-from mflow.kernels.network import NetworkNTK  # noqa: E402
-from mflow.ntk import cka, metric_ntk, ntk_vp, relative_change  # noqa: E402
+from mflow.evaluation.after_kernel import after_kernel_flow, alignment, sigma  # noqa: E402
+from mflow.ntk import cka, metric_ntk, relative_change  # noqa: E402
 
 TEST_SEED = 7_654_321
 
@@ -68,71 +66,6 @@ def network_at(run: Path, epochs_done: int) -> NetworkFlow:
         init = yaml.safe_load((run / "config.yaml").read_text())["model"]["init_args"]
         return NetworkFlow(load_checkpoint(run / "checkpoints" / "last.ckpt").surface, **init)
     return load_checkpoint(run / "epochs" / f"e{epochs_done - 1}.ckpt").module
-
-
-def sigma(points, g) -> float:
-    return float(points.sigma(g))
-
-
-def lambda_max(model, pts, iters: int = 15) -> float:
-    """Largest eigenvalue of the metric-NTK on the points (power iteration with NTK-vector products)."""
-    p = (pts.z, pts.patch, pts.elim)
-    v = torch.randn(len(pts), pts.g_fs.shape[-1] ** 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    lam = 0.0
-    for _ in range(iters):
-        v = v / v.norm()
-        w = ntk_vp(model, p, p, v, params={k: t.detach() for k, t in model.named_parameters()})
-        lam = float((v * w).sum())
-        v = w
-    return lam
-
-
-def after_kernel_flow(model, surface, train, test, kappa: float, fc: dict) -> dict:
-    """The frozen flow with the model's metric-NTK from g_FS: the step picked from the grid, then the full flow."""
-    kernel = NetworkNTK(model, "fs")
-    lam = lambda_max(model, train)
-
-    def flow(lr, steps):
-        f = FrozenKernelFlow(surface, kernel, lr=lr, lr_step_decay=fc["lr_step_decay"], loss=fc["loss"],
-                             reduction=fc["reduction"], pd_policy="backtrack", max_backtracks=30).attach(train, kappa)
-        for _ in range(steps):
-            f.flow_step()
-        return f
-
-    s0 = sigma(train, train.g_fs)
-    trials = {}
-    for c in fc["lr_grid"]:
-        try:
-            trials[c] = s0 / float(flow(c * len(train) / lam, fc["search_steps"]).train_sigma())
-        except (FloatingPointError, ValueError):
-            trials[c] = 0.0
-    failed = []  # a step fine for the short search can still leave the PD cone later: the next best then runs
-    for c in sorted(trials, key=trials.get, reverse=True):
-        try:
-            f = flow(c * len(train) / lam, fc["steps"])
-            break
-        except FloatingPointError:
-            failed.append(c)
-    else:
-        raise FloatingPointError(f"the after-kernel flow left the positive-definite cone at every step of {fc['lr_grid']}")
-    return {"lambda_max": lam, "lr_scale": c, "failed_lr_scales": failed, "search": [[k, v] for k, v in trials.items()],
-            "train_gain": s0 / float(f.train_sigma()),
-            "test_gain": sigma(test, test.g_fs) / sigma(test, f.predict_metric(test))}
-
-
-def alignment(model, train, test, kappa: float) -> float:
-    """cos(-Theta(test, train) dL/dr(train), -dL/dr(test)) at g_FS (module doc)."""
-    params = {k: t.detach() for k, t in model.named_parameters()}
-    k = torch.tensor(kappa, dtype=torch.float64)
-
-    def grad(p):
-        g = p.g_fs.clone().requires_grad_(True)
-        (G,) = torch.autograd.grad(losses.sigma_loss(g, p.as_batch(), k), g)
-        return dual_components((G + G.conj().transpose(-1, -2)) / 2)
-
-    u = ntk_vp(model, (test.z, test.patch, test.elim), (train.z, train.patch, train.elim), grad(train), params=params)
-    y = grad(test)
-    return float((u * y).sum() / (u.norm() * y.norm()))
 
 
 def measure(run: Path, epochs_done: int, data: dict, c: dict, K0) -> dict:

@@ -1,35 +1,38 @@
-"""Width study: the paper's feature-learning argument, measured.
+"""Width and parametrisation: as a metric network widens, does its advantage over its own frozen kernel vanish?
 
-The same architecture is trained at growing widths, each run a train.py run (mflow.cli.main) on the same
-points, in the config's arms (conf/studies/width.yaml has five):
+Theory: in NTK parametrisation a wide network trains lazily, as its frozen NTK (eq. 2.11-2.12); under the
+maximal-update parametrisation (muP, model.parametrization: mup) its features keep moving at every width. Here the
+same network (conf/studies/width.yaml: head, loss, points, budget) is trained at each width, in each
+parametrisation and for each initialisation seed, on the same points, in four arms:
 
-  network      the network with the config's optimizer (Adam): its features, and so its NTK, can move;
-  linearized   its linearization at initialisation (eq. 2.10) with the same optimizer: the metric-NTK is
-               frozen (eq. 2.11), but Adam's preconditioning is not a kernel flow;
-  frozen_ntk   the linearization trained by plain SGD: every step is exactly the discrete frozen
-               metric-NTK flow of eq. 2.12 with the width-w empirical NTK at initialisation
-               (tests/test_ntk.py::test_sgd_step_of_the_linearized_model_is_the_frozen_ntk_flow);
-  network_sgd  the network trained by that same SGD: the comparison at equal optimizer;
-  lazy_sgd     the network with a 10x smaller SGD step: the lazy regime, where the NTK drift after a fixed
-               budget falls with width (NTK parametrisation; docs/results/feature_learning.md for the exponents).
+  network       the network, trained by train.py (mflow.cli.main) with the config's optimizer;
+  linearized    its linearisation at initialisation (eq. 2.10), trained the same way (its metric-NTK is frozen);
+  frozen_ntk    the frozen flow (eq. 2.12) with the network's empirical metric-NTK at initialisation, from g_FS on
+                the first `kernels.train_points` of the train split (mflow.evaluation.after_kernel, as in
+                studies/after_kernel.py: the step picked from a grid by a short flow's train gain);
+  after_kernel  the same flow with the metric-NTK of the trained network.
 
-NTKDrift runs on the arms that train the network itself: the drift after the whole budget, and after the config's
-``early_drift_step`` steps (the small-drift regime); its first measurement also gives the distance of the empirical
-network kernel at initialisation to the analytic infinite-width ReLU NTK.
+Measured at every (parametrisation, seed, width): each arm's test gain sigma_FS / sigma on the run's test split;
+the drift of the network's metric-NTK (trace kernel on `kernels.probe_points` validation points) from
+initialisation to the end of training (relative change and CKA); the kernel's alignment with the target on the
+test points, at initialisation and at the end (studies/after_kernel.py's cosine).
 
-  python studies/width.py [--config conf/studies/width.yaml] [--out_dir runs/width-study] [--widths 64 256]
+  python studies/width.py [--config conf/studies/width.yaml] [--out_dir runs/width-study]
+                          [--widths 64 256] [--parametrizations mup] [--seeds 0] [--arms network]
 
-Writes <out>/width_study.json (every run's gains and drift, and the fitted exponents), width_study.md
-(the table) and width_study.png. A run that finished (its summary.json exists) is not rerun, so a killed
-study resumes where it stopped (a killed run from its last.ckpt); a run that fails (e.g. its metric leaves the
-positive-definite cone) is recorded with its error (<run>/error.json; delete it to retry) and the study goes on.
-Each run directory keeps the train.py arguments it was made with (study_args.json): an --out_dir whose runs were
-made with other settings is refused rather than mixed in.
+Writes <out>/width_study.json, width_study.md (the tables and fitted exponents) and width_study.png. Resumable: a
+finished run (its summary.json) is not retrained, a killed one resumes from its last.ckpt, and a finished
+measurement (<run group>/kernels.json) is not redone; a run that fails (e.g. NaN loss) is recorded with its error
+(<run>/error.json; delete it to retry) and the study goes on. Each run keeps the train.py arguments it was made with
+(study_args.json): an --out_dir whose runs were made with other settings is refused rather than mixed in. Several
+processes may share one --out_dir when they run disjoint --parametrizations / --seeds; a last run without them
+assembles everything (--report: from what has finished so far, training nothing).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -39,70 +42,181 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from mflow.choices import PARAMETRIZATIONS  # noqa: E402
 from mflow.cli.options import Parser  # noqa: E402
+from mflow.cli.resume import study_run_arguments  # noqa: E402
 from mflow.cli.train import main as train  # noqa: E402
-from mflow.evaluation import fit_power_law  # noqa: E402
-from mflow.io import atomic_write, pyplot, write_json, write_png  # noqa: E402
-from mflow.callbacks import NTKDrift  # noqa: E402
+from mflow.evaluation import fit_power_law, load_checkpoint  # noqa: E402
+from mflow.evaluation.after_kernel import after_kernel_flow, alignment  # noqa: E402
+from mflow.evaluation.checkpoints import recorded_splits  # noqa: E402
+from mflow.flows import NetworkFlow  # noqa: E402
+from mflow.geometry.forms import NotPositiveDefiniteError  # noqa: E402
+from mflow.io import pyplot, write_json, write_study  # noqa: E402
+from mflow.ntk import NTKTooLarge, cka, metric_ntk, relative_change  # noqa: E402
 
-REQUIRED = ("widths", "args", "arms")
+REQUIRED = ("widths", "parametrizations", "seeds", "args", "arms", "kernels")
+KERNEL_ARMS = ("frozen_ntk", "after_kernel")
+LOOP_KEYS = {"model.width": "--widths", "model.parametrization": "--parametrizations", "model.init_seed": "--seeds"}
 
 
 def load_config(path: Path) -> dict:
-    """The study config, checked: widths (positive integers), args and arms (train.py --key: value maps)."""
+    """The study config, checked: widths and seeds (lists of integers), parametrizations, args and arms
+    (train.py --key: value maps), kernels (its keys train_points, probe_points, flow)."""
     cfg = yaml.safe_load(Path(path).read_text())
     if not isinstance(cfg, dict) or any(k not in cfg for k in REQUIRED):
         raise ValueError(f"{path}: a width-study config needs the keys {REQUIRED}")
-    widths = cfg["widths"]
-    if not widths or not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths):
-        raise ValueError(f"{path}: widths must be a non-empty list of positive integers, got {widths!r}")
+    for key, least in (("widths", 1), ("seeds", 0)):
+        v = cfg[key]
+        if not v or not all(isinstance(w, int) and not isinstance(w, bool) and w >= least for w in v):
+            raise ValueError(f"{path}: {key} must be a non-empty list of integers >= {least}, got {v!r}")
+    bad = [p for p in cfg["parametrizations"] if p not in PARAMETRIZATIONS]
+    if bad or not cfg["parametrizations"]:
+        raise ValueError(f"{path}: parametrizations must be a non-empty list from {PARAMETRIZATIONS}, got {bad or []}")
+    kc = cfg["kernels"]
+    if not isinstance(kc, dict) or any(k not in kc for k in ("train_points", "probe_points", "flow")):
+        raise ValueError(f"{path}: kernels needs train_points, probe_points and flow (see conf/studies/width.yaml)")
+    if "network" not in cfg["arms"]:
+        raise ValueError(f"{path}: arms needs 'network' (the kernels are the network's)")
     for arm, extra in cfg["arms"].items():
         if not isinstance(extra, dict):
             raise ValueError(f"{path}: arm {arm!r} must map train.py keys to values, got {extra!r}")
     return cfg
 
 
-def drifts(cfg: dict, arm: str) -> bool:
-    """NTKDrift runs on the arms that train the network itself (a linearized model's NTK cannot move)."""
-    return str(cfg["arms"][arm].get("model.linearize", False)).lower() != "true"
-
-
-def run_arm(cfg: dict, width: int, arm: str, run_dir: Path) -> dict:
-    """One train.py run; returns its summary (plus the NTK drift on the drift arms). A finished run is read back,
-    a killed one resumes from its last.ckpt, a failed one (error.json) is reported, not rerun."""
+def run_arm(cfg: dict, param: str, seed: int, width: int, arm: str, run_dir: Path, report: bool = False) -> dict | None:
+    """One train.py run; returns its summary. A finished run is read back, a killed one resumes from its
+    last.ckpt, a failed one (error.json) is reported, not rerun; with `report`, an unfinished run is None."""
     summary_path, error_path, args_path = run_dir / "summary.json", run_dir / "error.json", run_dir / "study_args.json"
-    opts = {**cfg["args"], **cfg["arms"][arm], "model.width": width}
+    opts = {**cfg["args"], **cfg["arms"][arm], "model.width": width, "model.parametrization": param,
+            "model.init_seed": seed}
     args = [f"--{k}={v}" for k, v in opts.items()] + [
-        f"--run_dir={run_dir}", f"--wandb={cfg.get('wandb', 'off')}",
-        "--trainer.callbacks=[]",  # not the default config's NTKDrift: the study sets its own, on the drift arms
-    ]
-    record = {"args": args, "drift": cfg.get("drift", {}) if drifts(cfg, arm) else None}
+        f"--run_dir={run_dir}", f"--wandb={cfg.get('wandb', 'off')}", "--trainer.callbacks=[]"]
+    record = {"args": args}
     if args_path.exists() and json.loads(args_path.read_text()) != record:
         raise SystemExit(f"{run_dir} was run with other settings (see {args_path}): choose another --out_dir")
     if error_path.exists():
         return json.loads(error_path.read_text())
     if not summary_path.exists():
+        if report:
+            return None
         write_json(args_path, record)
-        last = run_dir / "checkpoints" / "last.ckpt"
-        if last.exists():
-            args.append(f"--ckpt_path={last}")
-        callbacks = [NTKDrift(**cfg.get("drift", {}))] if drifts(cfg, arm) else []
         try:
-            train(args, callbacks=callbacks)
-        except (FloatingPointError, torch.linalg.LinAlgError) as e:  # non-PD metric, NaN loss: record, go on
-            error = {"width": width, "arm": arm, "error": f"{type(e).__name__}: {e}"}
+            train(study_run_arguments(run_dir, args))
+        except (FloatingPointError, NotPositiveDefiniteError, torch.linalg.LinAlgError) as e:
+            error = {"error": f"{type(e).__name__}: {e}"}
             write_json(error_path, error)  # delete it to try the run again
             return error
+        if not summary_path.exists():
+            raise SystemExit(f"{run_dir}: train.py ended without its summary.json; delete that folder to rerun the run")
     s = json.loads(summary_path.read_text())
-    out = {"width": width, "arm": arm, "gain": s["gain"], "sigma_final": s["sigma_final"],
-           "seconds_per_epoch": s["seconds_per_epoch"], "ntk": s.get("ntk_drift")}
-    drift_path = run_dir / "ntk_drift.json"
-    if drift_path.exists():
-        series = json.loads(drift_path.read_text())["series"]
-        out["analytic_distance_init"] = series[0].get("analytic_distance")
-        early = cfg.get("early_drift_step")
-        out["drift_early"] = next((e["relative_change"] for e in series if e["step"] == early), None)
+    return {"gain": s["gain"], "sigma_final": s["sigma_final"], "seconds_per_epoch": s["seconds_per_epoch"]}
+
+
+def initial_network(run_dir: Path) -> NetworkFlow:
+    """The run's network at initialisation, rebuilt from its config (model.init_seed fixes the weights)."""
+    init = yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["init_args"]
+    return NetworkFlow(load_checkpoint(run_dir / "checkpoints" / "last.ckpt").surface, **init)
+
+
+def probe_kernel(model, probe) -> torch.Tensor:
+    """The trace metric-NTK [P, P] on the probe points, in the largest Jacobian block that fits metric_ntk's memory
+    limit (a wide network's per-point Jacobian is large: at width 1024, 9 x 1M entries)."""
+    for block in (64, 16, 4, 1):
+        try:
+            return metric_ntk(model, probe, kind="trace", block=block).detach()
+        except NTKTooLarge:
+            continue
+    return metric_ntk(model, probe, kind="trace", method="vp").detach()
+
+
+def measure_kernels(cfg: dict, run_dir: Path, path: Path) -> dict:
+    """The frozen-NTK and after-kernel flows, the NTK drift and the alignments of a finished network run
+    (written to `path`; read back if it exists)."""
+    if path.exists():
+        return json.loads(path.read_text())
+    kc = cfg["kernels"]
+    ck = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    splits = recorded_splits(ck)
+    train, test, probe = splits["train"][: kc["train_points"]], splits["test"], splits["val"][: kc["probe_points"]]
+    kappa = float(ck.module.kappa)
+    out = {}
+    for name, module in (("frozen_ntk", initial_network(run_dir)), ("after_kernel", ck.module)):
+        model = module.model.eval()
+        K = probe_kernel(model, probe)
+        try:
+            flow = after_kernel_flow(model, module.surface, train, test, kappa, kc["flow"])
+        except FloatingPointError as e:
+            flow = {"error": f"{type(e).__name__}: {e}"}
+        out[name] = {"flow": flow, "alignment": alignment(model, train, test, kappa), "K": K}
+    K0, KT = out["frozen_ntk"].pop("K"), out["after_kernel"].pop("K")
+    out["drift"] = {"relative_change": relative_change(KT, K0), "cka": cka(KT, K0)}
+    write_json(path, out)
     return out
+
+
+def cell(cfg: dict, out: Path, param: str, seed: int, width: int, arms: list[str], report: bool = False) -> dict:
+    """Every arm of one (parametrisation, seed, width): test gains, drift, alignments (with `report`, only what
+    has finished: nothing is trained or measured)."""
+    group = out / param / f"seed{seed}" / f"w{width}"
+    row = {"parametrization": param, "seed": seed, "width": width, "test_gain": {}, "errors": {}}
+    for arm in arms:
+        r = run_arm(cfg, param, seed, width, arm, group / arm, report)
+        if r is None:
+            row["errors"][arm] = "not run yet"
+        elif "error" in r:
+            row["errors"][arm] = r["error"]
+        else:
+            row["test_gain"][arm] = r["gain"]["test"]
+            row.setdefault("seconds_per_epoch", {})[arm] = r["seconds_per_epoch"]
+    if "network" in row["test_gain"] and not (report and not (group / "kernels.json").exists()):
+        k = measure_kernels(cfg, group / "network", group / "kernels.json")
+        for name in KERNEL_ARMS:
+            flow = k[name]["flow"]
+            if "error" in flow:
+                row["errors"][name] = flow["error"]
+            else:
+                row["test_gain"][name] = flow["test_gain"]
+            row.setdefault("alignment", {})[name] = k[name]["alignment"]
+        row["drift"] = k["drift"]
+    return row
+
+
+def geometric_mean(xs):
+    """Of the positive entries (gains, ratios, drifts over seeds); None without any."""
+    xs = [x for x in xs if x is not None and x > 0]
+    return math.exp(sum(map(math.log, xs)) / len(xs)) if xs else None
+
+
+def mean(xs):
+    """Of the entries that are not None (alignments: cosines, of either sign); None without any."""
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def analyse(rows: list[dict], widths: list[int], params: list[str], arms: list[str]) -> dict:
+    """Per parametrisation: each arm's test gain against width (geometric mean over seeds), the network's gain over
+    its frozen NTK and over its linearisation, the drift (relative change, 1 - CKA) with fitted exponents, the
+    kernels' alignments (mean over seeds)."""
+    def series(p, get, average=geometric_mean):
+        return [average([get(r) for r in rows if r["parametrization"] == p and r["width"] == w]) for w in widths]
+
+    def ratio(a, b):
+        return lambda r: r["test_gain"][a] / r["test_gain"][b] if a in r["test_gain"] and b in r["test_gain"] else None
+
+    res = {"widths": widths, "seeds": sorted({r["seed"] for r in rows}), "parametrizations": {}}
+    for p in params:
+        drift = series(p, lambda r: (r.get("drift") or {}).get("relative_change"))
+        one_minus_cka = series(p, lambda r: 1 - r["drift"]["cka"] if r.get("drift") else None)
+        res["parametrizations"][p] = {
+            "test_gain": {a: series(p, lambda r, a=a: r["test_gain"].get(a)) for a in [*arms, *KERNEL_ARMS]},
+            "network_over_frozen_ntk": series(p, ratio("network", "frozen_ntk")),
+            "network_over_linearized": series(p, ratio("network", "linearized")),
+            "after_kernel_over_frozen_ntk": series(p, ratio("after_kernel", "frozen_ntk")),
+            "drift": drift, "drift_fit": power_fit(widths, drift),
+            "one_minus_cka": one_minus_cka, "one_minus_cka_fit": power_fit(widths, one_minus_cka),
+            "alignment": {a: series(p, lambda r, a=a: (r.get("alignment") or {}).get(a), mean) for a in KERNEL_ARMS},
+        }
+    return res
 
 
 def power_fit(xs, ys) -> dict | None:
@@ -114,83 +228,57 @@ def power_fit(xs, ys) -> dict | None:
     return {"exponent": p, "prefactor": a}
 
 
-def analyse(results: list[dict], widths: list[int], arms: list[str], drift_arms: list[str]) -> dict:
-    """Per-arm test gains against width, and the exponents of drift and analytic distance against width."""
-    ok = {(r["width"], r["arm"]): r for r in results if "error" not in r}
-
-    def series(arm, get):
-        return [get(ok[(w, arm)]) if (w, arm) in ok else None for w in widths]
-
-    drift = {a: series(a, lambda r: (r.get("ntk") or {}).get("relative_change")) for a in drift_arms}
-    early = {a: series(a, lambda r: r.get("drift_early")) for a in drift_arms}
-    init = series(drift_arms[0], lambda r: r.get("analytic_distance_init")) if drift_arms else []
-    return {
-        "widths": widths,
-        "test_gain": {a: series(a, lambda r: r["gain"]["test"]) for a in arms},
-        "train_gain": {a: series(a, lambda r: r["gain"]["train"]) for a in arms},
-        "drift": drift,
-        "drift_fit": {a: power_fit(widths, v) for a, v in drift.items()},
-        "drift_early": early,
-        "drift_early_fit": {a: power_fit(widths, v) for a, v in early.items()},
-        "analytic_distance_init": init,
-        "analytic_distance_fit": power_fit(widths, init) if init else None,
-    }
-
-
-def table(a: dict, arms: list[str]) -> str:
-    """The study as a markdown table: test gain per arm, NTK drift of the network arms, distance to the analytic NTK."""
+def table(a: dict) -> str:
+    """Per parametrisation: width, test gain per arm, network / frozen NTK, drift, 1 - CKA, alignments."""
     def f(v):
-        return "failed" if v is None else f"{v:.3g}"
+        return "-" if v is None else f"{v:.3g}"
 
-    early = [x for x in a["drift_early"] if any(v is not None for v in a["drift_early"][x])]
-    head = (["width"] + [f"test gain: {x}" for x in arms] + [f"drift: {x}" for x in a["drift"]]
-            + [f"early drift: {x}" for x in early] + ["init kernel vs analytic"])
-    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for i, w in enumerate(a["widths"]):
-        cells = ([str(w)] + [f(a["test_gain"][x][i]) for x in arms] + [f(a["drift"][x][i]) for x in a["drift"]]
-                 + [f(a["drift_early"][x][i]) for x in early])
-        cells.append(f(a["analytic_distance_init"][i]) if a["analytic_distance_init"] else "-")
-        rows.append("| " + " | ".join(cells) + " |")
-    fits = [f"drift of {x} ~ width^{fit['exponent']:.3f}" for x, fit in a["drift_fit"].items() if fit]
-    fits += [f"early drift of {x} ~ width^{fit['exponent']:.3f}" for x, fit in a["drift_early_fit"].items() if fit]
-    if a["analytic_distance_fit"]:
-        fits.append(f"init kernel vs analytic ~ width^{a['analytic_distance_fit']['exponent']:.3f}")
-    return "\n".join(rows) + "\n\n" + "; ".join(fits) + "\n"
+    out = []
+    for p, s in a["parametrizations"].items():
+        arms = list(s["test_gain"])
+        head = (["width"] + [f"test gain: {x}" for x in arms] + ["network / frozen NTK", "network / linearized",
+                "NTK drift", "1 - CKA", "alignment at init", "alignment at end"])
+        out += [f"### {p}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for i, w in enumerate(a["widths"]):
+            cells = ([str(w)] + [f(s["test_gain"][x][i]) for x in arms]
+                     + [f(s[k][i]) for k in ("network_over_frozen_ntk", "network_over_linearized", "drift", "one_minus_cka")]
+                     + [f(s["alignment"][k][i]) for k in KERNEL_ARMS])
+            out.append("| " + " | ".join(cells) + " |")
+        fits = [f"{name} ~ width^{s[key]['exponent']:.2f}" for name, key in
+                (("NTK drift", "drift_fit"), ("1 - CKA", "one_minus_cka_fit")) if s[key]]
+        out += ["", "; ".join(fits), ""]
+    return "\n".join(out)
 
 
-def figure(a: dict, arms: list[str]):
-    """Left: test-sigma gain against width per arm. Right: NTK drift and init-vs-analytic distance, log-log, with fits."""
+def figure(a: dict):
+    """One panel per parametrisation (test gain against width, per arm), and one of the drift with fits."""
     plt = pyplot()
-
+    params = list(a["parametrizations"])
+    fig, axes = plt.subplots(1, len(params) + 1, figsize=(4.2 * (len(params) + 1), 4))
     w = a["widths"]
-    color = {arm: f"C{i}" for i, arm in enumerate(arms)}  # one colour per arm in both panels
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for arm in arms:
-        pts = [(x, y) for x, y in zip(w, a["test_gain"][arm]) if y is not None]
-        if pts:
-            left.plot(*zip(*pts), marker="o", color=color[arm], label=arm)
-    left.set_xscale("log", base=2)
-    left.set_xlabel("width")
-    left.set_ylabel("test sigma gain")
-    left.set_title("network vs linearization vs frozen NTK")
-    left.legend()
-    curves = [(f"drift: {x}", a["drift"][x], a["drift_fit"][x], color[x], "o") for x in a["drift"]]
-    curves += [(f"early drift: {x}", a["drift_early"][x], a["drift_early_fit"][x], color[x], "^") for x in a["drift_early"]]
-    curves.append(("init kernel vs analytic", a["analytic_distance_init"], a["analytic_distance_fit"], "k", "s"))
-    for label, ys, fit, c, marker in curves:
-        pts = [(x, y) for x, y in zip(w, ys) if y is not None and y > 0]
-        if not pts:
-            continue
-        right.plot(*zip(*pts), marker=marker, ls="-" if marker != "^" else ":", color=c,
-                   label=label + (f" (slope {fit['exponent']:.2f})" if fit else ""))
-        if fit:
-            right.plot(w, [fit["prefactor"] * x ** fit["exponent"] for x in w], ls="--", lw=0.8, color=c)
-    right.set_xscale("log", base=2)
-    right.set_yscale("log")
-    right.set_xlabel("width")
-    right.set_ylabel("relative Frobenius distance")
-    right.set_title("NTK drift (full budget; early: triangles); kernel at init")
-    right.legend(fontsize=8)
+    for ax, p in zip(axes, params):
+        for i, (arm, ys) in enumerate(a["parametrizations"][p]["test_gain"].items()):
+            pts = [(x, y) for x, y in zip(w, ys) if y is not None]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", color=f"C{i}", label=arm)
+        ax.set(yscale="log", xlabel="width", ylabel="test gain sigma_FS / sigma", title=p)
+        ax.set_xscale("log", base=2)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    ax = axes[-1]
+    for i, p in enumerate(params):
+        s = a["parametrizations"][p]
+        for key, fit, ls in (("drift", "drift_fit", "-"), ("one_minus_cka", "one_minus_cka_fit", ":")):
+            pts = [(x, y) for x, y in zip(w, s[key]) if y is not None and y > 0]
+            if not pts:
+                continue
+            slope = f" (slope {s[fit]['exponent']:.2f})" if s[fit] else ""
+            ax.plot(*zip(*pts), marker="o" if ls == "-" else "^", ls=ls, color=f"C{i}",
+                    label=f"{p}: {'relative change' if key == 'drift' else '1 - CKA'}{slope}")
+    ax.set(yscale="log", xlabel="width", ylabel="NTK drift, init -> end", title="metric-NTK drift")
+    ax.set_xscale("log", base=2)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 
@@ -200,35 +288,48 @@ def main(argv=None) -> dict:
                 renamed={"--out": "--out_dir"})
     ap.add_argument("--config", type=Path, default=ROOT / "conf" / "studies" / "width.yaml")
     ap.add_argument("--out_dir", type=Path, default=Path("runs") / "width-study")
-    ap.add_argument("--widths", type=int, nargs="+", help="override the config's widths")
-    ap.add_argument("--arms", nargs="+", help="run only these arms")
+    ap.add_argument("--widths", type=int, nargs="+", help="only these widths")
+    ap.add_argument("--parametrizations", nargs="+", help="only these parametrisations")
+    ap.add_argument("--seeds", type=int, nargs="+", help="only these seeds")
+    ap.add_argument("--arms", nargs="+", help="only these train.py arms (the kernels need 'network')")
+    ap.add_argument("--report", action="store_true",
+                    help="write the tables and figure from what has finished; train and measure nothing")
     ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                    help="override shared train.py arguments (an arm's own settings win)")
+                    help="override shared train.py arguments, or a top-level key of the config as YAML (kernels=...)")
     opts = ap.parse_args(argv)
     cfg = load_config(opts.config)
-    widths = opts.widths or cfg["widths"]
-    arms = opts.arms or list(cfg["arms"])
-    unknown = [x for x in arms if x not in cfg["arms"]]
-    if unknown:
-        raise SystemExit(f"unknown arms {unknown}; the config has {list(cfg['arms'])}")
     for kv in opts.set:
         key, sep, value = kv.partition("=")
         if not sep:
             raise SystemExit(f"--set takes KEY=VALUE, got {kv!r}")
-        cfg["args"][key] = value
-    results = []
-    for w in widths:
-        for arm in arms:
-            r = run_arm(cfg, w, arm, opts.out_dir / f"w{w}" / arm)
-            results.append(r)
-            print(f"[width study] width {w} {arm}: " + (r["error"] if "error" in r else f"test gain {r['gain']['test']:.3g}"))
-    a = analyse(results, widths, arms, [x for x in arms if drifts(cfg, x)])
-    a["runs"] = results
-    write_json(opts.out_dir / "width_study.json", a)
-    md = table(a, arms)
-    atomic_write(opts.out_dir / "width_study.md", lambda tmp: Path(tmp).write_text(md))
-    write_png(opts.out_dir / "width_study.png", figure(a, arms), dpi=110)
-    print(md)
+        if key in LOOP_KEYS:
+            raise SystemExit(f"--set {key}: the study sets it per run; choose them with {LOOP_KEYS[key]}")
+        clash = [arm for arm, extra in cfg["arms"].items() if key in extra]
+        if clash:
+            raise SystemExit(f"--set {key}: the arms {clash} set it themselves; edit the config's arms instead")
+        if key in cfg and key not in ("args", "arms"):
+            cfg[key] = yaml.safe_load(value)
+        else:
+            cfg["args"][key] = value
+    widths, params, seeds = opts.widths or cfg["widths"], opts.parametrizations or cfg["parametrizations"], opts.seeds or cfg["seeds"]
+    arms = opts.arms or list(cfg["arms"])
+    unknown = [x for x in arms if x not in cfg["arms"]] + [p for p in params if p not in PARAMETRIZATIONS]
+    if unknown:
+        raise SystemExit(f"unknown arms or parametrizations {unknown}; the config has arms {list(cfg['arms'])}, "
+                         f"parametrizations are {list(PARAMETRIZATIONS)}")
+    rows = []
+    for p in params:
+        for seed in seeds:
+            for w in widths:
+                r = cell(cfg, opts.out_dir, p, seed, w, arms, opts.report)
+                rows.append(r)
+                gains = ", ".join(f"{k} {v:.3g}" for k, v in r["test_gain"].items())
+                print(f"[width study] {p} seed {seed} width {w}: test gain {gains}"
+                      + (f"; failed: {sorted(r['errors'])}" if r["errors"] else ""), flush=True)
+    a = analyse(rows, widths, params, arms)
+    a["config"], a["rows"] = cfg, rows
+    md = table(a)
+    write_study(opts.out_dir, "width_study", a, md, figure(a))
     return a
 
 

@@ -26,8 +26,10 @@ TRAIN = [p for p in ALL if STUDIES not in p.parents and SWEEPS not in p.parents]
 STUDY_TESTS = {  # conf/studies/<name>: the test of tests/test_studies.py that runs its study on it
     "after_kernel.yaml": "test_after_kernel_study_runs_on_its_config_and_resumes",
     "moduli.yaml": "test_moduli_study_runs_on_its_config_and_does_not_retrain",
+    "moduli_psi.yaml": "test_moduli_psi_study_runs_on_its_config_and_does_not_retrain",
     "paper_kernels.yaml": "test_paper_kernel_study_runs_on_its_config_and_resumes",
     "width.yaml": "test_width_study_runs_every_arm_and_resumes",
+    "width_gpu.yaml": "test_width_study_gpu_config_is_the_same_study_at_full_scale",
 }
 TINY = {"data.n_points": 240, "trainer.max_epochs": 1, "trainer.check_val_every_n_epoch": 1}
 EAGER = {"model.compile": False}  # compiling costs a minute: tests/test_models.py tests the compiled forward

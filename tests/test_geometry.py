@@ -302,3 +302,13 @@ def test_blocked_distances_and_nearest_neighbours():
     w = z[:50] * 1.7j
     d2, idx2 = distance.nearest_neighbours(w, z)
     assert torch.equal(idx2, torch.arange(50)) and float(d2.max()) < 1e-7
+
+
+def test_ricci_measure_in_blocks_is_the_measure_of_all_points_at_once():
+    """ricci_measure_on computes the Ricci form `block` points at a time: the measure cannot depend on the block."""
+    X = manifold("fermat_quintic")
+    P = sample(X, 60, seed=3)
+    fs = curvature.fs_metric_fn(X)
+    whole, n = curvature.ricci_measure_on(fs, P, X.dim, block=1000)
+    assert n == 60 and whole > 0
+    assert curvature.ricci_measure_on(fs, P, X.dim, block=7)[0] == pytest.approx(whole, rel=1e-12)

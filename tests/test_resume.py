@@ -93,3 +93,17 @@ def test_resume_keeps_the_runs_settings_and_refuses_changes(tmp_path):
     assert run(main, "train.py", ["--resume", str(rd), "--trainer.max_epochs=3"]) == 2
     assert run(main, "train.py", [f"--ckpt_path={rd / 'checkpoints' / 'last.ckpt'}", "--trainer.max_epochs=3"]) == 2
     assert {p: p.stat().st_mtime_ns for p in rd.rglob("*") if p.is_file()} == before
+
+
+def test_a_run_killed_after_its_final_checkpoint_writes_its_summary_on_resume(tmp_path):
+    """Killed between the final last.ckpt and summary.json (e.g. out of memory in the final measurements): --resume
+    does not say 'nothing to do' but finishes the run, and the summary has the uninterrupted run's figures."""
+    from mflow.cli.train import main
+
+    rd = tmp_path / "run"
+    main([*NETWORK, "--trainer.max_epochs=1", "--wandb=off", f"--data.cache_dir={tmp_path / 'data'}", f"--run_dir={rd}"])
+    whole = _summary(rd)
+    (rd / "summary.json").unlink()
+    main(["--resume", str(rd)])
+    assert _summary(rd) == whole
+    assert main(["--resume", str(rd)]) is None  # with its summary it is finished: nothing to do

@@ -1,59 +1,147 @@
 """The study scripts (studies/): the width study and the theory report run end to end on tiny settings,
 write their JSON, table and PNG, and resume; their config is checked."""
 import json
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from studies import theory, width  # noqa: E402
 
-TINY = ["data.n_points=600", "data.batch_size=100", "trainer.max_epochs=1", "drift={n_probe: 8, every_n_steps: 2}"]
+TINY = ["data.n_points=600", "data.batch_size=100", "trainer.max_epochs=1"]
+
+
+TINY_KERNELS = "kernels={train_points: 30, probe_points: 6, flow: {loss: sigma, reduction: mean, steps: 3, " \
+    "lr_step_decay: 0.99, lr_grid: [0.01, 0.03], search_steps: 2}}"
 
 
 def test_width_study_runs_every_arm_and_resumes(tmp_path, monkeypatch):
+    """conf/studies/width.yaml at tiny sizes: every parametrisation x width has the four arms' test gains, the
+    drift and alignments; the figures are recomputed independently (the network's gain from its checkpoint, the drift
+    from the kernels at init and at the end); a second call retrains and re-measures nothing."""
+    from mflow.evaluation.checkpoints import load_checkpoint, recorded_splits
+    from mflow.ntk import metric_ntk, relative_change
+
     out = tmp_path / "study"
-    args = ["--out_dir", str(out), "--widths", "8", "16", "--set", *TINY[:3]]
-    cfg = width.load_config(ROOT / "conf" / "studies" / "width.yaml")
-    cfg["drift"] = {"n_probe": 8, "every_n_steps": 2}
-    cfg["early_drift_step"] = 2
-    monkeypatch.setattr(width, "load_config", lambda path: json.loads(json.dumps(cfg)))
+    args = ["--out_dir", str(out), "--widths", "8", "16", "--set", *TINY[:3], TINY_KERNELS]
     a = width.main(args)
-    assert set(a["test_gain"]) == {"network", "linearized", "frozen_ntk", "network_sgd", "lazy_sgd"}
-    ok = [r for r in a["runs"] if "error" not in r]
-    assert len(ok) >= 8 and all(r["gain"]["test"] > 0 for r in ok)
-    drift = [r for r in ok if width.drifts(cfg, r["arm"])]
-    assert set(a["drift"]) == {"network", "network_sgd", "lazy_sgd"} and {r["arm"] for r in drift} <= set(a["drift"])
-    assert drift and all(r["ntk"]["relative_change"] > 0 and r["analytic_distance_init"] > 0 for r in drift)
-    assert all(r["ntk"] is None for r in ok if not width.drifts(cfg, r["arm"]))
-    for r in drift:  # the early drift is the series' value at step 2
-        series = json.loads((out / f"w{r['width']}" / r["arm"] / "ntk_drift.json").read_text())["series"]
-        assert r["drift_early"] == next(e["relative_change"] for e in series if e["step"] == 2) > 0
-    assert "early drift: network" in (out / "width_study.md").read_text()
-    assert (out / "width_study.png").stat().st_size > 1000 and "| 16 |" in (out / "width_study.md").read_text()
-    saved = json.loads((out / "width_study.json").read_text())
-    assert saved["widths"] == [8, 16] and len(saved["runs"]) == 10
-    # a finished run is not rerun: the study resumes from the runs' summaries
+    assert list(a["parametrizations"]) == ["standard", "ntk", "mup"] and a["widths"] == [8, 16]
+    for p, s in a["parametrizations"].items():
+        assert set(s["test_gain"]) == {"network", "linearized", "frozen_ntk", "after_kernel"}
+        assert all(g is not None and g > 0 for gains in s["test_gain"].values() for g in gains)
+        assert all(d > 0 for d in s["drift"]) and all(-1 <= x <= 1 for x in s["alignment"]["after_kernel"])
+        assert s["network_over_frozen_ntk"][0] == pytest.approx(s["test_gain"]["network"][0] / s["test_gain"]["frozen_ntk"][0])
+    # independently: the network's test gain from its last checkpoint, on its own test split
+    run = out / "mup" / "seed0" / "w16" / "network"
+    ck = load_checkpoint(run / "checkpoints" / "last.ckpt")
+    test = recorded_splits(ck)["test"]
+    gain = float(test.sigma(test.g_fs) / test.sigma(ck.module.predict_metric(test)))
+    assert a["parametrizations"]["mup"]["test_gain"]["network"][1] == pytest.approx(gain, rel=1e-6)
+    # the drift: the trace kernel of the rebuilt initial network against the trained one, on the probe points
+    probe = recorded_splits(ck)["val"][:6]
+    K0 = metric_ntk(width.initial_network(run).model, probe, kind="trace")
+    KT = metric_ntk(ck.module.model, probe, kind="trace")
+    assert a["parametrizations"]["mup"]["drift"][1] == pytest.approx(relative_change(KT, K0), rel=1e-6)
+    # the rebuilt initial network is the one the runs started from: theta_0 as the linearized run stored it
+    lin = load_checkpoint(run.parent / "linearized" / "checkpoints" / "last.ckpt").module.model
+    init = width.initial_network(run).model
+    assert all(torch.equal(init.get_parameter(n), t) for n, t in lin.theta0().items()) and lin.theta0()
+    assert "### ntk" in (out / "width_study.md").read_text() and (out / "width_study.png").stat().st_size > 1000
+    assert json.loads((out / "width_study.json").read_text())["parametrizations"] == json.loads(json.dumps(a["parametrizations"]))
+    # a finished study resumes without retraining or re-measuring anything
     monkeypatch.setattr(width, "train", lambda *a, **k: pytest.fail("a finished run was rerun"))
-    assert width.main(args)["test_gain"] == a["test_gain"]
+    monkeypatch.setattr(width, "after_kernel_flow", lambda *a, **k: pytest.fail("a finished measurement was redone"))
+    assert width.main(args)["parametrizations"] == a["parametrizations"]
     # runs made with other settings are refused, not mixed in
     with pytest.raises(SystemExit, match="other settings"):
-        width.main(["--out_dir", str(out), "--widths", "8", "--set", "data.n_points=700", *TINY[1:3]])
+        width.main(["--out_dir", str(out), "--widths", "8", "--set", "data.n_points=700", *TINY[1:3], TINY_KERNELS])
+
+
+def test_killed_width_study_resumes_from_the_killed_run(tmp_path, monkeypatch):
+    """A run killed mid-training (its last.ckpt written, no summary) is resumed from that checkpoint, finished runs
+    are not touched, and the result equals an uninterrupted study's."""
+    base = ["--widths", "8", "--parametrizations", "mup", "--arms", "network", "--set", "data.n_points=600",
+            "data.batch_size=100", "trainer.max_epochs=2", TINY_KERNELS]
+    whole = width.main(["--out_dir", str(tmp_path / "whole"), *base])
+    out = tmp_path / "killed"
+    real = width.train
+    # the first attempt stops after epoch 1 of 2 (its last.ckpt is that epoch's end), as a kill there would
+    monkeypatch.setattr(width, "train", lambda args: real(args + ["--trainer.max_epochs=1"]))
+    width.main(["--out_dir", str(out), *base])
+    group = out / "mup" / "seed0" / "w8"
+    (group / "network" / "summary.json").unlink()  # a killed run writes none
+    (group / "kernels.json").unlink()
+    calls = []
+    monkeypatch.setattr(width, "train", lambda args: calls.append(args) or real(args))
+    again = width.main(["--out_dir", str(out), *base])
+    assert len(calls) == 1 and calls[0][:2] == ["--resume", str(group / "network")]
+    assert json.loads((group / "network" / "summary.json").read_text())["epochs"] == 2
+    assert again["parametrizations"]["mup"]["test_gain"]["network"] == pytest.approx(
+        whole["parametrizations"]["mup"]["test_gain"]["network"], rel=1e-6)
+
+
+def test_width_study_restarts_a_run_killed_before_its_first_checkpoint(tmp_path):
+    """A run killed before any checkpoint (its config.yaml written, nothing to resume) starts afresh and finishes."""
+    base = ["--out_dir", str(tmp_path), "--widths", "8", "--parametrizations", "ntk", "--arms", "network",
+            "--set", *TINY, TINY_KERNELS]
+    first = width.main(base)
+    run = tmp_path / "ntk" / "seed0" / "w8" / "network"
+    for f in (run / "summary.json", run.parent / "kernels.json"):
+        f.unlink()
+    shutil.rmtree(run / "checkpoints")
+    again = width.main(base)
+    assert (run / "summary.json").exists()
+    assert again["parametrizations"]["ntk"]["test_gain"]["network"] == pytest.approx(
+        first["parametrizations"]["ntk"]["test_gain"]["network"], rel=1e-6)
+
+
+def test_width_study_refuses_to_set_what_it_loops_over(tmp_path):
+    for kv, flag in (("model.init_seed=1", "--seeds"), ("model.width=32", "--widths"), ("model.parametrization=ntk", "--parametrizations")):
+        with pytest.raises(SystemExit, match=flag):
+            width.main(["--out_dir", str(tmp_path), "--set", kv])
+    with pytest.raises(SystemExit, match="arms"):
+        width.main(["--out_dir", str(tmp_path), "--set", "model.linearize=false"])
+
+
+def test_width_study_report_trains_nothing(tmp_path, monkeypatch):
+    """--report writes the tables from what has finished; unfinished cells are marked, nothing is trained."""
+    monkeypatch.setattr(width, "train", lambda *a, **k: pytest.fail("--report trained"))
+    a = width.main(["--out_dir", str(tmp_path), "--widths", "8", "16", "--parametrizations", "ntk", "--report"])
+    assert all(r["errors"] == {"network": "not run yet", "linearized": "not run yet"} for r in a["rows"])
+    assert a["parametrizations"]["ntk"]["test_gain"]["network"] == [None, None]
+    assert not list(tmp_path.glob("ntk/*/*/*/study_args.json"))
 
 
 def test_width_study_config_is_checked(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("widths: [64, -1]\nargs: {}\narms: {network: {}}\n")
-    with pytest.raises(ValueError, match="positive integers"):
+    good = "parametrizations: [mup]\nseeds: [0]\nargs: {}\narms: {network: {}}\nkernels: {}\n"
+    bad.write_text("widths: [64, -1]\n" + good)
+    with pytest.raises(ValueError, match="widths must be"):
+        width.load_config(bad)
+    bad.write_text("widths: [64]\n" + good.replace("[mup]", "[mup, lazy]"))
+    with pytest.raises(ValueError, match="parametrizations must be"):
         width.load_config(bad)
     bad.write_text("widths: [64]\nargs: {}\n")
     with pytest.raises(ValueError, match="needs the keys"):
         width.load_config(bad)
     with pytest.raises(SystemExit, match="unknown arms"):
         width.main(["--out_dir", str(tmp_path), "--arms", "kernel"])
+
+
+def test_width_study_gpu_config_is_the_same_study_at_full_scale():
+    """conf/studies/width_gpu.yaml (bench/device_check.sh width) differs from the CPU design only in its scale."""
+    cpu = width.load_config(ROOT / "conf" / "studies" / "width.yaml")
+    gpu = width.load_config(ROOT / "conf" / "studies" / "width_gpu.yaml")
+    scale = {"trainer.max_epochs", "checkpoint_every_n_steps", "data.n_points", "data.val_fraction", "data.test_fraction", "data.batch_size"}
+    assert {k: v for k, v in gpu["args"].items() if k not in scale} == {k: v for k, v in cpu["args"].items() if k not in scale}
+    assert gpu["arms"] == cpu["arms"] and gpu["parametrizations"] == cpu["parametrizations"]
+    train = gpu["args"]["data.n_points"] * (1 - gpu["args"]["data.val_fraction"] - gpu["args"]["data.test_fraction"])
+    assert train >= 100_000 and max(gpu["widths"]) >= 1024 and len(gpu["seeds"]) >= 2
 
 
 def test_theory_report_quick(tmp_path):
@@ -69,16 +157,19 @@ def test_theory_report_quick(tmp_path):
 def test_width_study_records_a_failed_run_and_does_not_rerun_it(tmp_path, monkeypatch):
     from mflow.geometry.forms import NotPositiveDefiniteError
 
-    def fail(args, callbacks=()):
+    def fail(args):
         raise NotPositiveDefiniteError("the metric is not positive definite at 3 of 100 points (step 7)")
 
     monkeypatch.setattr(width, "train", fail)
-    args = ["--out_dir", str(tmp_path), "--widths", "8", "--arms", "network"]
+    args = ["--out_dir", str(tmp_path), "--widths", "8", "--arms", "network", "--parametrizations", "ntk"]
     a = width.main(args)
-    assert a["test_gain"]["network"] == [None] and "positive definite" in a["runs"][0]["error"]
-    assert (tmp_path / "w8" / "network" / "error.json").exists() and "failed" in (tmp_path / "width_study.md").read_text()
+    row = a["rows"][0]
+    assert row["test_gain"] == {} and "positive definite" in row["errors"]["network"]
+    assert a["parametrizations"]["ntk"]["test_gain"]["network"] == [None]
+    assert (tmp_path / "ntk" / "seed0" / "w8" / "network" / "error.json").exists()
+    assert "| 8 | - |" in (tmp_path / "width_study.md").read_text()
     monkeypatch.setattr(width, "train", lambda *a, **k: pytest.fail("a failed run was rerun"))
-    assert width.main(args)["runs"][0]["error"] == a["runs"][0]["error"]
+    assert width.main(args)["rows"][0]["errors"] == row["errors"]
 
 
 def test_after_kernel_study_runs_on_its_config_and_resumes(tmp_path, monkeypatch):
@@ -186,5 +277,24 @@ def test_moduli_study_runs_on_its_config_and_does_not_retrain(tmp_path, monkeypa
         assert all(0 < r["sigma"] < 1 and r["ricci_points"] > 0 for r in rows)
     assert res["fs"][0]["sigma"] != res["fs"][1]["sigma"]  # g_FS changes with t, the points do not
     assert (tmp_path / "m" / "moduli.png").stat().st_size > 1000
+    monkeypatch.setattr(moduli.subprocess, "run", lambda *a, **k: pytest.fail("a finished network was retrained"))
+    moduli.main(args)
+
+
+def test_moduli_psi_study_runs_on_its_config_and_does_not_retrain(tmp_path, monkeypatch):
+    """conf/studies/moduli_psi.yaml with a tiny budget: per manifold the family g(x; psi) and one separate network,
+    measured on two members (their own points, kappa and sigma_FS)."""
+    from studies import moduli
+
+    args = ["--out_dir", str(tmp_path / "m"), "--config", str(ROOT / "conf" / "studies" / "moduli_psi.yaml"), "--set",
+            "args=[--trainer.max_epochs=1, --data.n_points=800, --model.width=8]", "test_points=200", "ricci_points=10",
+            "manifolds={dwork: {psi_range: [1.2, 2.0], single_psi: [1.5], grid_psi: [1.2, 1.5]}, "
+            "two_cubics: {psi_range: [1.2, 2.0], single_psi: [2.0], grid_psi: [1.5, 2.0]}}"]
+    res = moduli.main(args)
+    for name, r in res["manifolds"].items():
+        assert set(r["networks"]) == {"family", f"single psi={r['single_psi'][0]:g}"} and len(r["fs"]) == 2
+        assert all(0 < x["sigma"] < 1 and x["ricci_points"] > 0 for rows in r["networks"].values() for x in rows)
+        assert r["fs"][0]["kappa"] != r["fs"][1]["kappa"]  # the members' points and kappa differ
+    assert (tmp_path / "m" / "moduli_psi.png").stat().st_size > 1000 and "two_cubics" in (tmp_path / "m" / "moduli_psi.md").read_text()
     monkeypatch.setattr(moduli.subprocess, "run", lambda *a, **k: pytest.fail("a finished network was retrained"))
     moduli.main(args)

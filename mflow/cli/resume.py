@@ -189,3 +189,13 @@ def resume_arguments(argv: list[str], settings=None, log=print) -> tuple[list[st
     res = newest_checkpoint(run, log) if "resume" in keys else given_checkpoint(Path(keys["ckpt_path"]))
     safe = as_argv([o for o in opts if o[0] in SAFE_ON_RESUME])
     return ["--config", str(config), *safe, f"--ckpt_path={res.ckpt}", f"--run_dir={run}"], res
+
+
+def study_run_arguments(run: Path, new: list[str]) -> list[str]:
+    """train.py's arguments for a study's (or benchmark's) run in ``run``, resumable after a kill: ``new`` (a new run's
+    arguments, naming --run_dir=run) for a fresh directory; the same with --overwrite for a run killed before its first
+    checkpoint (there is nothing to resume, so it starts afresh); once it has a last.ckpt, ``--resume run`` with the
+    options of ``new`` that a resume may take (SAFE_ON_RESUME)."""
+    if (run / "checkpoints" / "last.ckpt").exists():
+        return ["--resume", str(run), *as_argv([o for o in parse_options(new) if o[0] in SAFE_ON_RESUME])]
+    return [*new, "--overwrite"] if (run / "config.yaml").exists() else list(new)

@@ -12,6 +12,8 @@ What a user asks for is honoured or refused with a message, never dropped:
                                            what ran); refused for kernel flows, which take no optimizer
   --trainer.enable_progress_bar            default: a bar on a terminal, one line per epoch otherwise
   --resume RUN_DIR | --ckpt_path CKPT      continue that run with its own settings (mflow.cli.resume)
+  --data.manifold=X without --config       X's shipped config (mflow.configs.PRESET_CONFIGS) is the base config,
+                                           said in one line; the command line's options still win
   --overwrite                              a new run in a directory that holds one replaces it (else refused)
 One run per directory, locked while it runs (mflow.cli.rundir); every check that can be made before training is
 made before anything is written, and a start that fails removes what it created.
@@ -33,10 +35,11 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from mflow.callbacks import EpochLines, RunSummary
 from mflow.callbacks.checkpoints import LastCheckpoint, RunCheckpoint
-from mflow.configs import default_config
+from mflow.configs import default_config, preset_config
 from mflow.flows.checkpoint import AtomicCheckpointIO
 from mflow.io import atomic_write, check_writable, remove_stale_temporaries
 
@@ -201,10 +204,13 @@ def main(args=None, callbacks=()):
     quiet_dependencies()
     argv = list(sys.argv[1:] if args is None else args)
     check_values(parse_options(argv))
-    argv, resumed = resume_arguments(argv, settings)
+    argv, resumed = resume_arguments(argv, settings)  # a resumed run's argv names its config.yaml: nothing is picked
+    argv, picked = preset_arguments(argv)
+    if picked and rank_zero_only.rank == 0:  # before the build, whose errors may be about the picked config's values
+        print(picked, file=sys.stderr if "print_config" in dict(parse_options(argv)) else sys.stdout)  # stdout: YAML
     cli = make_cli(argv)
     cfg, trainer = cli.config, cli.trainer
-    if resumed is not None and nothing_left(resumed, trainer):
+    if resumed is not None and nothing_left(resumed, trainer) and (resumed.run / "summary.json").exists():
         print(f"[mflow] {resumed.run} is finished ({resumed.epoch} epochs, step {resumed.step}): nothing to do "
               "(a larger --trainer.max_epochs or --trainer.max_steps continues it)")
         return None
@@ -235,6 +241,20 @@ def main(args=None, callbacks=()):
                   f"--resume {cfg.run_dir} continues the run")
         print(final_message(cfg.run_dir, summary, trainer))
     return trainer
+
+
+def preset_arguments(argv: list[str]) -> tuple[list[str], str | None]:
+    """``--data.manifold=X`` without ``--config``: argv with X's shipped config first (the options after it win) and
+    the line that says so; argv and None otherwise (an unknown X is left to the parser's message)."""
+    opts = parse_options(argv)
+    keys = {k for k, _ in opts}
+    manifold = next((v for k, v in reversed(opts) if k in ("data.manifold", "data.init_args.manifold")), None)
+    path = preset_config(manifold) if manifold and not keys & {"config", "c"} else None
+    if path is None:
+        return argv, None
+    plain = "" if path == DEFAULT_CONFIG else f"; --config {DEFAULT_CONFIG} runs the plain default"
+    return ["--config", str(path), *argv], (f"[mflow] --data.manifold={manifold} without --config: base config "
+                                             f"{path}, the preset's shipped one (options given here still win{plain})")
 
 
 def check_data(cli) -> None:

@@ -3,7 +3,7 @@
 Batches are dicts of tensors sliced a whole batch at a time (no per-item collate), with D homogeneous coordinates
 and d = dim X: features [B, 2D] float64, z [B, D] complex128, weights [B], omega_sq [B], pullback [B, d, D],
 g_fs [B, d, d], patch [B], elim [B] (chart codes), index [B] (row in its split); a moduli family adds kahler
-[B, m] and kappa [B].
+[B, m] and kappa [B], a psi family psi [B] and kappa [B].
 
 Distributed (DDP): the samplers shard the data themselves (they subclass DistributedSampler, so
 Lightning does not wrap them again). Train: a seeded permutation per epoch, padded with a few
@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mflow.geometry.cicy import CompleteIntersection, NotCalabiYauError
-from mflow.geometry.presets import PRESETS, surface_from_args
+from mflow.geometry.presets import PRESETS, psi_family, surface_from_args
 from mflow.geometry.points import CYPoints
 from mflow.geometry.charts import factor_metrics, kahler_metric
 from mflow.geometry.volume import kappa, kappa_of_moduli, moduli_polynomial, real_det
@@ -29,6 +29,8 @@ from mflow.geometry.volume import kappa, kappa_of_moduli, moduli_polynomial, rea
 from mflow.choices import Manifold, Population, check_choice
 
 from .population import check_population
+from .psi_family import PSI_MEMBERS  # noqa: F401 (re-exported)
+from .psi_family import check_family, family_columns, join_members, member_psi, member_sets
 from .samplers import ResumableLoader, ShardedBatchSampler
 from .pointset import (
     DEFAULT_CHUNK,
@@ -75,6 +77,12 @@ class CYDataModule(L.LightningDataModule):
         kahler_range: a moduli family: [[lo_1, hi_1], ...] per factor; every point of every split gets its own t,
             log-uniform in the box (seeded), its g_FS that of J = sum t_i J_i and its class's kappa(t); batches then
             carry ``kahler`` [B, m] and ``kappa`` [B] (for a network with model.moduli_input: true). None: one t.
+        psi_range: a complex-structure family of dwork or two_cubics: [lo, hi], real, clear of the singular members
+            (mflow.geometry.presets.SINGULAR_PSI). The points are PSI_MEMBERS members at psi evenly spaced over the
+            range, n_points / PSI_MEMBERS sampled on each (cached per member); every point carries its member's psi
+            and kappa (eq. B.10 on that member's train points); batches then carry ``psi`` [B] and ``kappa`` [B] (for
+            a network with model.moduli_input: true, which reads psi off the points). ``psi`` (default: mid-range)
+            is the reference member, the manifold evaluate.py measures. None: one psi. Not with kahler_range or path.
         n_points: number of points to sample (ignored when path is given).
         population: all_charts (default) | one_chart (the points of the most common chart only, the paper's
             rejection sampling; mflow.data.population). A file's points keep the population they were sampled with.
@@ -98,6 +106,7 @@ class CYDataModule(L.LightningDataModule):
         surface_seed: int = 0,
         kahler: list[float] | None = None,
         kahler_range: list[list[float]] | None = None,
+        psi_range: list[float] | None = None,
         n_points: int = 100_000,
         population: Population = "all_charts",
         seed: int = 0,
@@ -112,10 +121,14 @@ class CYDataModule(L.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         check_choice("manifold", manifold, Manifold)
+        psi_range, psi = check_family(psi_range, manifold, psi, kahler_range, path)  # psi: mid-range by default
         try:
             self.surface: CompleteIntersection = surface_from_args(manifold, psi, ambient_n, surface_seed, kahler)
         except NotCalabiYauError as e:
             raise ValueError(f"manifold={manifold!r} with psi={psi}, ambient_n={ambient_n}, kahler={kahler}: {e}") from e
+        self.psi_range = psi_range
+        if psi_range is not None:
+            self.surface = psi_family(self.surface, psi_range)
         for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if not 0 <= f < 1:
                 raise ValueError(f"{name}={f} is out of range: choose a fraction in [0, 1)")
@@ -141,6 +154,7 @@ class CYDataModule(L.LightningDataModule):
         self.cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir)
         self.train = self.val = self.test = None
         self.family: dict[str, dict[str, torch.Tensor]] = {}
+        self.member: torch.Tensor | None = None  # a psi family's: each point's member (index into member_psi)
         self.kappa_fs: float | None = None
         self.split_indices: dict[str, torch.Tensor] = {}
         self.points_file: Path | None = None  # the file the points were read from (None: sampled in memory)
@@ -148,48 +162,73 @@ class CYDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ files
     @property
-    def cache_path(self) -> Path | None:
-        """Where the sampled set is cached (None without cache_dir or when loading path)."""
-        if self.path is not None or not self.cache:
-            return None
-        return Path(self.cache_dir) / cache_file_name(self.surface, self.n_points, self.population, self.seed)
+    def sampled_sets(self) -> list[tuple[CompleteIntersection, int, int]]:
+        """(manifold, n_points, seed) of each set sampled: the one set, or a psi family's members (PSI_MEMBERS at
+        member_psi, n_points shared out, seeds seed * PSI_MEMBERS + k)."""
+        if self.psi_range is None:
+            return [(self.surface, self.n_points, self.seed)]
+        return member_sets(self.surface, self.psi_range, self.n_points, self.seed)
 
-    def _sample(self):
-        return sample_pointset(self.surface, self.n_points, self.seed, progress=self.n_points > 200_000,
-                               population=self.population)
+    @property
+    def member_psi(self) -> torch.Tensor:
+        """The psi of a psi family's members: [PSI_MEMBERS] float64, evenly spaced over psi_range."""
+        return member_psi(self.psi_range)
+
+    @property
+    def cache_path(self) -> Path | None:
+        """Where the one sampled set is cached (None without cache_dir or when loading path); a psi family has one
+        file per member: RuntimeError, ask cache_paths."""
+        if self.psi_range is not None:
+            raise RuntimeError("a psi family's points are cached one file per member: use cache_paths")
+        return self.cache_paths[0]
+
+    @property
+    def cache_paths(self) -> list[Path | None]:
+        """Where each of sampled_sets is cached (None without cache_dir or when loading path)."""
+        if self.path is not None or not self.cache:
+            return [None] * len(self.sampled_sets)
+        return [Path(self.cache_dir) / cache_file_name(X, n, self.population, seed) for X, n, seed in self.sampled_sets]
+
+    def _sample(self, X: CompleteIntersection, n: int, seed: int) -> CYPoints:
+        return sample_pointset(X, n, seed, progress=n > 200_000, population=self.population)
 
     def prepare_data(self) -> None:
-        """Sample and cache the point set if it is not cached yet (Lightning runs this on one process per node)."""
-        cp = self.cache_path
+        """Sample and cache the point sets not cached yet (Lightning runs this on one process per node)."""
         if self.path is not None:
             if not Path(self.path).exists():
                 raise FileNotFoundError(f"path={self.path!r} does not exist")
-        elif cp is not None and not cp.exists():
-            save_pointset(
-                cp, self._sample(), self.surface, seed=self.seed,
-                extra={"n_requested": self.n_points, "chunk_size": DEFAULT_CHUNK, "population": self.population}
-            )
-            print(f"[mflow] sampled {self.n_points} points, cached in {cp} (--data.cache=false samples in memory instead)")
+            return
+        for (X, n, seed), cp in zip(self.sampled_sets, self.cache_paths):
+            if cp is not None and not cp.exists():
+                save_pointset(cp, self._sample(X, n, seed), X, seed=seed,
+                              extra={"n_requested": n, "chunk_size": DEFAULT_CHUNK, "population": self.population})
+                print(f"[mflow] sampled {n} points, cached in {cp} (--data.cache=false samples in memory instead)")
 
     def _load_points(self) -> CYPoints:
+        """The points: a file's, the one sampled set, or a psi family's members one after another (their sampling
+        systems numbered apart; self.member [N]: each point's member)."""
         if self.path is not None:
             return read_points(self.path, self.surface, self.population)
-        cp = self.cache_path
+        parts = [self._load_set(X, n, seed, cp) for (X, n, seed), cp in zip(self.sampled_sets, self.cache_paths)]
+        points, self.member = join_members(parts)
+        return points
+
+    def _load_set(self, X: CompleteIntersection, n: int, seed: int, cp: Path | None) -> CYPoints:
         if cp is None:
-            return self._sample()
+            return self._sample(X, n, seed)
         if not cp.exists():
             self.prepare_data()
         try:
-            ps = load_pointset(cp, self.surface)
+            ps = load_pointset(cp, X)
         except PointSetError as e:
             raise PointSetError(f"invalid cached point set: {e.problem}", f"delete {cp} and rerun to resample it") from e
         meta = ps.metadata
-        wanted = (self.seed, self.n_points, DEFAULT_CHUNK, self.population)
+        wanted = (seed, n, DEFAULT_CHUNK, self.population)
         if (meta.get("seed"), meta.get("n_requested"), meta.get("chunk_size"), meta.get("population", "all_charts")) != wanted:
             raise PointSetError(
                 f"cached point set {cp} was sampled with n_points={meta.get('n_requested')}, seed={meta.get('seed')}, "
                 f"chunk_size={meta.get('chunk_size')}, population={meta.get('population', 'all_charts')}, not "
-                f"n_points={self.n_points}, seed={self.seed}, chunk_size={DEFAULT_CHUNK}, population={self.population}. "
+                f"n_points={n}, seed={seed}, chunk_size={DEFAULT_CHUNK}, population={self.population}. "
                 "Delete it and rerun to resample it."
             )
         return ps.points
@@ -200,7 +239,7 @@ class CYDataModule(L.LightningDataModule):
         if self.train is not None:
             return
         points = self._load_points()
-        self.points_file = Path(self.path) if self.path is not None else self.cache_path
+        self.points_file = Path(self.path) if self.path is not None else self.cache_path if self.psi_range is None else None
         self.points_digest = points_digest(self.points_file) if self.points_file is not None else None
         n_train, n_val, n_test = _split_sizes(len(points), self.val_fraction, self.test_fraction)
         if n_train < 1:
@@ -217,6 +256,8 @@ class CYDataModule(L.LightningDataModule):
         self.family = {}
         if self.kahler_range is not None:
             self._draw_moduli()
+        if self.psi_range is not None:  # per point its member's psi and kappa (eq. B.10 on its member's train points)
+            self.family = family_columns(self.train, self.member, self.split_indices, self.psi_range, self.n_points)
 
     def _draw_moduli(self) -> None:
         """A moduli family: per point t (log-uniform in kahler_range), g_FS at t and the class's kappa(t)."""
@@ -240,6 +281,7 @@ class CYDataModule(L.LightningDataModule):
             raise RuntimeError("call setup() before asking for the points' record")
         n = len(self.train) + len(self.val) + len(self.test)
         return {**points_record_of(self.hparams, self.surface, self.cache_dir), "digest": self.points_digest,
+                "psi_range": self.psi_range,
                 "file": None if self.points_file is None else str(Path(self.points_file).resolve()),
                 "split": {"n": n, "seed": self.seed, "val_fraction": self.val_fraction,
                           "test_fraction": self.test_fraction, "by_system": self.split_by_system}}

@@ -1,7 +1,8 @@
 """Checkpoints for evaluation: THE loader of mflow checkpoints (load_checkpoint: read and checked by
 mflow.flows.checkpoint, the module restored by LightningModule.load_from_checkpoint, one-line errors) and the train
 points of a checkpoint (train_points: kernel flows from the flow's state; networks from the point file the checkpoint
-records, or regenerated from its recorded seed, split by the recorded rule: never through a datamodule)."""
+records, or regenerated from its recorded seed, split by the recorded rule: never through a datamodule; a psi family's
+regenerated on its members, mflow.data.psi_family)."""
 from __future__ import annotations
 
 import importlib
@@ -13,8 +14,10 @@ import torch
 
 from mflow.data.datamodule import points_digest, read_points, split_indices
 from mflow.data.pointset import DEFAULT_CHUNK, PointSetError, sample_pointset
+from mflow.data.psi_family import FamilyPoints, family_columns, join_members, member_sets
 from mflow.flows.checkpoint import CheckpointError, read_checkpoint
 from mflow.geometry.cicy import CompleteIntersection
+from mflow.geometry.presets import psi_member
 from mflow.geometry.points import CYPoints, check_points
 
 MODEL_KINDS = {"network": "mflow.flows.network.NetworkFlow", "kernel_flow": "mflow.flows.kernel_module.KernelFlow"}
@@ -125,6 +128,8 @@ def _recorded_file(ck: LoadedCheckpoint) -> Path | None:
         raise EvaluationError(f"{ck.path} records no train data (no mflow.data, no datamodule_hyper_parameters): its "
                               "train points cannot be found")
     f = rec.get("file")
+    if rec.get("psi_range") is not None:  # a psi family's members are regenerated (their caches are not recorded)
+        f = None
     if f is not None and Path(f).is_file():
         if rec.get("digest") is None or points_digest(f) == rec["digest"]:
             return Path(f)
@@ -146,17 +151,30 @@ def check_train_data(ck: LoadedCheckpoint) -> None:
             raise EvaluationError(f"{ck.path}: the kernel flow holds no train points (it was never fitted)")
         return
     _recorded_file(ck)
+    psi_range = ck.data.get("psi_range")
+    if psi_range is not None:  # its test, noised and FS Ricci points would be the reference member's only
+        raise EvaluationError(f"{ck.path} is a network of a psi family (data.psi_range {psi_range}), which evaluate.py "
+                              "does not measure (its test and noised points are of one member): measure its splits "
+                              "with ck.module.measure(recorded_splits(ck)[split]) (each point against its own member)")
 
 
 def recorded_splits(ck: LoadedCheckpoint) -> dict[str, CYPoints]:
     """A network's train / val / test points: from the point file its checkpoint records (path and digest checked),
     or regenerated from the recorded seed when that file is gone (a sampled set), cut by the recorded split rule
-    (mflow.data.datamodule.split_indices). Never through a datamodule."""
+    (mflow.data.datamodule.split_indices). A psi family's (data.psi_range) are regenerated on its members as the
+    datamodule samples them (mflow.data.psi_family), as FamilyPoints carrying each point's psi and kappa. Never
+    through a datamodule."""
     rec, f = ck.data, _recorded_file(ck)
     population = rec.get("population", "all_charts")
+    psi_range, member = rec.get("psi_range"), None
     try:
-        points = (read_points(f, ck.surface, population) if f is not None else
-                  sample_pointset(ck.surface, rec["n_points"], rec["seed"], population=population))
+        if psi_range is not None:
+            points, member = join_members([sample_pointset(X, n, seed, population=population)
+                                           for X, n, seed in member_sets(ck.surface, psi_range, rec["n_points"],
+                                                                         rec["seed"])])
+        else:
+            points = (read_points(f, ck.surface, population) if f is not None else
+                      sample_pointset(ck.surface, rec["n_points"], rec["seed"], population=population))
     except (PointSetError, ValueError) as e:
         raise EvaluationError(f"{ck.path}: its train points cannot be read ({e})") from None
     sp = rec["split"]
@@ -165,7 +183,14 @@ def recorded_splits(ck: LoadedCheckpoint) -> dict[str, CYPoints]:
                               f"{len(points)}")
     system = points.system if sp.get("by_system") else None  # older records: the split of points, not systems
     rows = split_indices(len(points), sp["seed"], sp["val_fraction"], sp["test_fraction"], system)
-    return {k: points[i] for k, i in rows.items()}
+    splits = {k: points[i] for k, i in rows.items()}
+    if member is None:
+        return splits
+    try:
+        cols = family_columns(splits["train"], member, rows, psi_range, rec["n_points"])
+    except ValueError as e:
+        raise EvaluationError(f"{ck.path}: {e}") from None
+    return {k: FamilyPoints.of(p, cols[k]) for k, p in splits.items()}
 
 
 def train_points(ck: LoadedCheckpoint) -> CYPoints:
@@ -179,7 +204,11 @@ def train_points(ck: LoadedCheckpoint) -> CYPoints:
     else:
         pts = recorded_splits(ck)["train"]
     try:
-        check_points(pts, ck.surface, "train points")
+        if isinstance(pts, FamilyPoints):  # each member's points on that member
+            for psi in pts.psi.unique().tolist():
+                check_points(pts[pts.psi == psi], psi_member(ck.surface, psi), f"train points of member psi = {psi:g}")
+        else:
+            check_points(pts, ck.surface, "train points")
     except ValueError as e:
         raise EvaluationError(f"{ck.path}: {e}") from None
     return pts

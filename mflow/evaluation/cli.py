@@ -5,6 +5,7 @@ import argparse
 
 from ..cli.options import Parser, add_num_threads, set_threads
 from ..data.population import POPULATIONS
+from .euler import MIN_POINTS, check_euler_points
 from .report import DEFAULT_DISTANCES, DEFAULT_SEED, DEFAULT_VARIANCES, evaluate
 from .scaling import DEFAULT_SCALING_N
 
@@ -28,6 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n_noise", type=int, default=1000, help="train points noised per level (default 1000)")
     p.add_argument("--n_distance", type=int, default=2000, help="test points whose distance to the train set is measured")
     p.add_argument("--ricci_points", type=int, default=500, help="points for the Ricci measure (0: skip)")
+    p.add_argument("--euler", type=int, default=None, metavar="N",
+                   help="also the Euler characteristic of each metric by Gauss-Bonnet-Chern on N fresh points of all "
+                        "charts (seed --seed), with its Monte Carlo error, against the topological value, and its "
+                        f"difference from g_FS's on the same points (N >= {MIN_POINTS}, e.g. 20000; smooth networks "
+                        "only, not ReLU; computed on the CPU whatever --device)")
     p.add_argument("--keep_chart", action="store_true", help="noised points keep their train point's chart")
     p.add_argument("--population", choices=POPULATIONS, default=None,
                    help="of the fresh test points and the distance scaling (default: the one each model was trained on)")
@@ -48,12 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    check_euler_points(args.euler)
     set_threads(args)
     evaluate(
         args.ckpt_path, args.out_dir, n_test=args.n_test, seed=args.seed, mode=args.mode, variances=args.noise_levels,
         distances=args.distances, n_noise=args.n_noise, n_distance=args.n_distance, ricci_points=args.ricci_points,
         keep_chart=args.keep_chart, test_data=args.test_data, scaling=args.scaling, scaling_n=args.scaling_n,
         scaling_budget=args.scaling_budget, target_gains=args.target_gain, fit=args.fit, device=args.device,
-        quiet=args.quiet, population=args.population,
+        quiet=args.quiet, population=args.population, euler=args.euler,
     )
     return 0
+

@@ -12,6 +12,8 @@ and for the FS metric on the same points (gain = sigma_FS / sigma_model, docs/co
   shortest FS distance to the train set, sigma, gain and the points where the metric is not positive definite
   (paper Fig. 3 left);
 * the Ricci measure on train and test points where the model has second derivatives (networks);
+* on request (euler=N), the Euler characteristic of the model's and g_FS's metric by Gauss-Bonnet-Chern on N fresh
+  points of all charts (mflow.evaluation.euler; smooth networks only, on the CPU);
 
 and, on request, the distance scaling of Fig. 3 right and the paper's extrapolation (mflow.evaluation.scaling).
 Results: <out>/eval.json (atomic, written last), gain_vs_distance.png (and distance_scaling.png), logged to
@@ -37,6 +39,7 @@ from mflow.io import check_writable, write_json, write_png
 
 from . import noise
 from .checkpoints import EvaluationError, LoadedCheckpoint, check_train_data, load_checkpoint, train_points
+from .euler import check_euler_points, check_smooth, euler_line, euler_report
 from .measures import measure, ricci_measures, stats
 from .overlap import overlap_warning, train_overlap
 from .plots import gain_curve, plot_distance_scaling, plot_gain_vs_distance
@@ -101,10 +104,12 @@ def evaluate_checkpoint(
     device: torch.device = torch.device("cpu"),
     log=print,
     overlap: bool = False,
+    euler_points: CYPoints | None = None,
 ) -> dict:
     """All measures of one checkpoint (module doc); returns its eval.json section. keep_chart: noised points are
     written in their train point's chart (the paper's one-chart points keep their chart). overlap: report how many
-    test points are train points (test points from a user's file)."""
+    test points are train points (test points from a user's file). euler_points: also the section ``euler``, the
+    Euler characteristic on these points (mflow.evaluation.euler.euler_report; check_smooth first)."""
     t0 = time.perf_counter()
     timings = {}
     train = train_points(ck)
@@ -164,6 +169,10 @@ def evaluate_checkpoint(
             noised["manifold"].append(entry)
         timings["manifold"] = time.perf_counter() - t
     out["noised"] = noised
+    if euler_points is not None:
+        t = time.perf_counter()
+        out["euler"] = euler_report(ck, euler_points, seed)
+        timings["euler"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     out["seconds"] = timings
     return out
@@ -214,6 +223,8 @@ def print_table(results: list[dict], file=sys.stdout) -> None:
             ric = r[s].get("ricci")
             if ric:
                 print(f"  Ricci measure on {ric['n']} {s} points: model {ric['model']:.4g}, FS {ric['fs']:.4g}", file=file)
+        if "euler" in r:
+            print(euler_line(r["label"], r["euler"]), file=file)
 
 
 def _log_wandb(report: dict, pngs: dict[str, Path]) -> bool:
@@ -235,6 +246,8 @@ def _log_wandb(report: dict, pngs: dict[str, Path]) -> bool:
                     lvl = e.get("variance", e.get("distance"))
                     data[f"{key}/{mode}/{lvl:g}/gain"] = e["gain"]
                     data[f"{key}/{mode}/{lvl:g}/distance"] = e["distance_to_train"]["mean"]
+        if r.get("euler") and r["euler"]["model"]["chi"] is not None:
+            data[f"{key}/euler/chi"] = r["euler"]["model"]["chi"]
     for name, p in pngs.items():
         data[f"eval/{name}"] = wandb.Image(str(p))
     wandb.log(data)
@@ -263,12 +276,16 @@ def evaluate(
     device: str = "auto",
     quiet: bool = False,
     population: str | None = None,
+    euler: int | None = None,
 ) -> tuple[dict, Path]:
     """Evaluate checkpoints and write <out>/eval.json and the plots; returns (report, out folder).
 
     population: of the fresh test points and the distance scaling (mflow.data.population); default the population
     each checkpoint was trained on. one_chart test points, and the noised points of one_chart train points, keep
     that chart. A model trained on one chart and evaluated on all-chart points gets a warning (in eval.json too).
+    euler: also each checkpoint's Euler characteristic on this many fresh points of all charts (seed ``seed``; one
+    point set per manifold), in its section ``euler`` (mflow.evaluation.euler; refused for a network that is not
+    C^2, e.g. ReLU). Computed on the CPU whatever ``device``.
     Every input is checked before any work (EvaluationError, nothing written).
     """
     log = (lambda *a, **k: None) if quiet else print
@@ -288,6 +305,7 @@ def evaluate(
         raise EvaluationError(f"target gains must be > 0, got {list(target_gains)}")
     if population is not None and population not in POPULATIONS:
         raise EvaluationError(f"--population must be one of {POPULATIONS}, not {population!r}")
+    check_euler_points(euler)
     dev = pick_device(device)
 
     # ---- check everything first: nothing is written when an input is refused
@@ -304,6 +322,8 @@ def evaluate(
         test_given, _ = load_test_points(test_data, loaded[0].surface)
     for ck in loaded:
         check_train_data(ck)
+        if euler is not None:
+            check_smooth(ck)
         dseed = (ck.data or {}).get("seed")
         if test_given is None and dseed is not None and int(dseed) == int(seed):
             raise EvaluationError(
@@ -315,6 +335,7 @@ def evaluate(
 
     # ---- work
     tests: dict[tuple, CYPoints] = {}
+    euler_sets: dict[str, CYPoints] = {}
     results, warnings_ = [], []
     for ck in loaded:
         trained_on = (ck.data or {}).get("population", "all_charts")
@@ -335,10 +356,13 @@ def evaluate(
         else:
             test = tests[key]
         log(f"[mflow] evaluate: {ck.path}")
+        if euler is not None and ck.surface.fingerprint() not in euler_sets:
+            euler_sets[ck.surface.fingerprint()] = sample_pointset(ck.surface, euler, seed)
         result = evaluate_checkpoint(
             ck, test, seed=seed, mode=mode, variances=variances, distances=distances, n_noise=n_noise,
             n_distance=n_distance, ricci_points=ricci_points, keep_chart=keep_chart or pop == "one_chart", device=dev,
             log=log, overlap=test_given is not None,
+            euler_points=None if euler is None else euler_sets[ck.surface.fingerprint()],
         )
         result["population"] = {"trained_on": trained_on, "test": pop if test_given is None else "given"}
         if test_given is not None:  # points of a file: how many are the checkpoint's train points
@@ -354,7 +378,7 @@ def evaluate(
             "n_test": n_test if test_given is None else len(test_given), "test_data": str(test_data) if test_data else None,
             "seed": seed, "mode": mode, "variances": list(map(float, variances)), "distances": list(map(float, distances)),
             "n_noise": n_noise, "n_distance": n_distance, "ricci_points": ricci_points, "keep_chart": keep_chart,
-            "population": population, "device": str(dev), "threads": torch.get_num_threads(),
+            "population": population, "device": str(dev), "threads": torch.get_num_threads(), "euler_points": euler,
         },
         "warnings": warnings_,
         "noise": {

@@ -3,7 +3,8 @@
 Adam's noisy steps leave the sigma loss at a floor set by the step size and the batch; a few full-batch
 quasi-Newton iterations (torch.optim.LBFGS with a strong-Wolfe line search) on the same train points take it
 further (MLGeometry finishes its Adam epochs the same way). The loss is the run's own: its loss terms with the
-fixed kappa of the FS metric on the train split, summed over the whole split in chunks (memory O(chunk)).
+fixed kappa of the FS metric on the train split (a moduli family's points carry their own, as in training), summed
+over the whole split in chunks (memory O(chunk)).
 
 finish.py (mflow.cli.finish) applies it to a checkpoint.
 """
@@ -27,7 +28,7 @@ def full_batch_loss(module, points: CYPoints, chunk: int) -> torch.Tensor:
     for i in range(0, len(points), chunk):
         b = {k: v.to(module.device) for k, v in points[i : i + chunk].as_batch().items()}
         g = module.metric(b)
-        loss, _ = losses_.total_loss(module.model, b, module.kappa, module.loss_weights, g=g)
+        loss, _ = losses_.total_loss(module.model, b, b.get("kappa", module.kappa), module.loss_weights, g=g)
         part = loss * float(b["weights"].sum()) / total_w
         part.backward()
         total += float(part.detach())

@@ -127,7 +127,8 @@ class KernelFlow(FlowModule):
         if dm is None:
             return
         if getattr(dm, "family", None):
-            raise ValueError("a frozen-kernel flow has one Kaehler class: unset data.kahler_range (give data.kahler)")
+            raise ValueError("a frozen-kernel flow has one manifold and one Kaehler class: unset data.kahler_range (give "
+                             "data.kahler) and data.psi_range (give data.psi)")
         if stage == "fit" and self.flow.n_train == 0:
             self.flow.attach(dm.train, float(dm.kappa_fs), getattr(dm, "cluster_labels", None))
             if self.flow.chart_mode == "reject":

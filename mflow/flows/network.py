@@ -49,7 +49,8 @@ class NetworkFlow(FlowModule):
             as train/not_pd and val / test report theirs). backtrack and clip (mflow.flows.base.PDPolicy) are the
             kernel flows': a network refuses them.
         moduli_input: the Kaehler moduli t are an input of the network, so that one network learns a family
-            g(x; t) (train it on data.kahler_range; its losses are then those of g alone: sigma, ultra_local_*).
+            g(x; t) (train it on data.kahler_range; its losses are then those of g alone: sigma, ultra_local_*); on a
+            psi family (data.psi_range) psi is, so that it learns g(x; psi).
         linearize: train the first-order Taylor expansion of the network in its parameters at
             initialisation (eq. 2.10, mflow.ntk.linearized.LinearizedModel) instead of the network: its
             metric-NTK stays the initial one (eq. 2.11), the frozen-kernel limit at finite width.
@@ -123,11 +124,11 @@ class NetworkFlow(FlowModule):
         if dm is None or not getattr(dm, "family", None):
             return
         if not self.hparams.moduli_input:
-            raise ValueError("data.kahler_range trains on a moduli family: set model.moduli_input: true")
+            raise ValueError("data.kahler_range / data.psi_range train on a moduli family: set model.moduli_input: true")
         other = set(self.loss_weights) - FAMILY_LOSSES
         if other:
             raise ValueError(f"a moduli family trains on losses of g alone {sorted(FAMILY_LOSSES)}; drop {sorted(other)} "
-                             "from model.loss_weights, or train at one t (unset data.kahler_range)")
+                             "from model.loss_weights, or train at one t / psi (unset data.kahler_range / data.psi_range)")
 
     # ------------------------------------------------------------------ steps
     def _checked_metric(self, batch: dict) -> torch.Tensor:

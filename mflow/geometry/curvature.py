@@ -100,15 +100,17 @@ def ricci_measure(weights, det_g, omega_sq, scalar, dim: int) -> torch.Tensor:
     return vol_k ** (1.0 / dim) / vol_cy * (dvol_k * scalar.abs()).mean()
 
 
-def ricci_measure_on(metric_fn: MetricFn, points, dim: int) -> tuple[float, int]:
+def ricci_measure_on(metric_fn: MetricFn, points, dim: int, block: int = 100) -> tuple[float, int]:
     """The Ricci measure of a metric function on a point set (CYPoints), over the points where the metric is
-    positive definite (log det g needs it): -> (measure, number of points used)."""
+    positive definite (log det g needs it): -> (measure, number of points used). The Ricci form is computed
+    `block` points at a time (its fourth derivatives of a wide network take ~10 MB a point)."""
     g = metric_fn(points.z, points.patch, points.elim).detach()
     ok = ~not_positive_definite(g)
     p = points[ok]
     if len(p) == 0:
         return float("nan"), 0
     with torch.enable_grad():
-        ric = ricci_form(metric_fn, p.z, p.patch, p.elim, p.pullback).detach()
+        ric = torch.cat([ricci_form(metric_fn, q.z, q.patch, q.elim, q.pullback).detach()
+                         for q in (p[i : i + block] for i in range(0, len(p), block))])
     scalar = ricci_scalar(g[ok], ric)
     return float(ricci_measure(p.weights, real_det(g[ok]), p.omega_sq, scalar, dim)), len(p)

@@ -4,6 +4,8 @@ Single P^n: fermat_quintic, fermat_quartic (K3), fermat_cubic (torus), dwork (ps
 Products / CICYs (h11 = number of factors): bicubic in P2 x P2 (psi), (2,4) in P1 x P3, the tetraquadric in
 (P1)^4 (psi), two cubics in P5 (psi). The psi-type deformations follow the Fermat-plus-product form the
 literature uses (e.g. cymetric's and cymyc's examples); psi = 0 is the Fermat point of each family.
+The real psi families of dwork and two_cubics (data.psi_range): their members, singular members (SINGULAR_PSI) and
+the member through a point (psi_of_points, psi_member_gradient).
 """
 from __future__ import annotations
 
@@ -105,6 +107,70 @@ def manifold(name: str, **params) -> CompleteIntersection:
         raise ValueError(f"unknown manifold {name!r}; choose one of {PRESETS}")
     X = makers[name]()
     return X if kahler is None else X.with_kahler(kahler)
+
+
+PSI_FAMILIES = ("dwork", "two_cubics")
+SINGULAR_PSI = {"dwork": (1.0,), "two_cubics": (-1.0, 0.0, 1.0)}  # the real psi of singular members (docstrings)
+
+
+def psi_member(X: CompleteIntersection, psi: complex) -> CompleteIntersection:
+    """The member at psi of X's family (X a dwork or two_cubics preset, possibly a psi family's reference), at X's
+    Kaehler moduli."""
+    if X.name not in PSI_FAMILIES:
+        raise ValueError(f"{X.name} is not a psi family: choose one of {PSI_FAMILIES}")
+    Y = dwork(psi, X.params["n"]) if X.name == "dwork" else two_cubics(psi)
+    return Y.with_kahler(X.kahler)
+
+
+def check_psi_range(name: str, psi_range) -> tuple[float, float]:
+    """(lo, hi) of a real psi range of the family ``name``, lo < hi; ValueError naming the singular member it
+    contains."""
+    lo, hi = (float(v) for v in psi_range)
+    if name not in PSI_FAMILIES:
+        raise ValueError(f"psi_range on {name}: psi families are {PSI_FAMILIES}")
+    if not lo < hi:
+        raise ValueError(f"psi_range={[lo, hi]} on {name}: need lo < hi (one member: set data.psi instead)")
+    bad = [s for s in SINGULAR_PSI[name] if lo <= s <= hi]
+    if bad:
+        raise ValueError(f"psi_range={[lo, hi]} on {name} contains the singular member psi = {bad[0]:g}: choose a "
+                         f"range clear of {list(SINGULAR_PSI[name])}")
+    return lo, hi
+
+
+def psi_family(X: CompleteIntersection, psi_range) -> CompleteIntersection:
+    """X (a member) as the reference of the real family over psi_range = (lo, hi): params["psi_range"] marks it, so
+    that models built on it read psi from the points (psi_of_points). Refuses a range through a singular member."""
+    lo, hi = check_psi_range(X.name, psi_range)
+    return CompleteIntersection(X.monomials, X.coefficients, X.name, {**X.params, "psi_range": [lo, hi]}, X.dims,
+                                X.owner, X.kahler)
+
+
+def psi_pencil(X: CompleteIntersection) -> tuple[CompleteIntersection, CompleteIntersection, complex, complex]:
+    """(X_a, X_b, a, b): two members of X's family (p_psi is affine in psi, so they span it) with their psi, their
+    polynomial caches filled (so that derivative transforms may call them)."""
+    a = complex(*X.params["psi"])
+    b = a + 0.5j  # never a singular member: none has Im psi = Im a + 0.5 with Im a = 0 (psi^5 = 1, psi^6 = 1, 0)
+    Xa, Xb = psi_member(X, a), psi_member(X, b)
+    for Y in (Xa, Xb):
+        one = torch.ones(1, Y.n_coords, dtype=CDTYPE)
+        Y(one), Y.gradient(one)
+    return Xa, Xb, a, b
+
+
+def psi_of_points(pencil, z: torch.Tensor) -> torch.Tensor:
+    """psi of the family member through each point, from its first equation (psi_pencil's pencil): z [N, D] ->
+    [N] complex (real on the real members; a C*-invariant rational function of z)."""
+    Xa, Xb, a, b = pencil
+    pa, pb = Xa(z)[..., 0], Xb(z)[..., 0]
+    return a - (b - a) * pa / (pb - pa)
+
+
+def psi_member_gradient(pencil, z: torch.Tensor) -> torch.Tensor:
+    """dp/dz of the member through each point (psi_of_points): z [N, D] -> [N, K, D]."""
+    Xa, Xb, a, b = pencil
+    s = ((psi_of_points(pencil, z) - a) / (b - a))[..., None, None]
+    ga = Xa.gradient(z)
+    return ga + s * (Xb.gradient(z) - ga)
 
 
 def _named(h: CompleteIntersection, name: str) -> CompleteIntersection:

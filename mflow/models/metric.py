@@ -14,6 +14,7 @@ from .. import checks
 from ..geometry import charts
 from ..geometry.forms import hermitian, scatter_upper
 from ..geometry.cicy import CompleteIntersection
+from ..geometry.presets import psi_member_gradient, psi_of_points, psi_pencil
 from ..geometry.points import features as chart_features
 from . import taylor
 from .bihomogeneous import BihomogeneousNet
@@ -51,7 +52,8 @@ def cholesky_metric(v: torch.Tensor, m: int) -> torch.Tensor:
 
 
 class MetricModel(nn.Module):
-    """g = head(network(features(z))) on a CY manifold X (mflow.geometry.cicy; optionally of its moduli t too).
+    """g = head(network(features(z))) on a CY manifold X (mflow.geometry.cicy; optionally of its moduli t too, or
+    of psi on a psi family: a surface marked by mflow.geometry.presets.psi_family, whose points lie on many members).
 
     head: free (g = L L^dagger from the net, PD by construction), addfs (g_FS + herm(NN)),
     multfs (g_FS * (1 + herm(NN)) elementwise), matrixfs (g_FS + (g_FS H + H g_FS) / 2),
@@ -65,7 +67,9 @@ class MetricModel(nn.Module):
     so that at initialisation g stays close to g_FS (bihomogeneous: the size of the noise on its
     near-identity initial weights).
     precision: of the network's arithmetic (float32 halves its cost; its parameters, the geometry, g and the losses
-    stay float64). compile: torch.compile the network's part of the training forward (its first call compiles,
+    stay float64). moduli_input: the network sees the moduli too: t [N, m], or on a psi family the psi of each point's
+    member (psi_of_points, a C*-invariant function of z, constant on each member; the pullback J is then that
+    member's too). compile: torch.compile the network's part of the training forward (its first call compiles,
     ~15 s per batch shape); evaluation and derivative transforms (the metric-NTK, curvature) run it eagerly.
     """
 
@@ -99,6 +103,10 @@ class MetricModel(nn.Module):
         self.m = surface.dim
         sizes = [n + 1 for n in surface.dims]
         self.moduli_input = bool(moduli_input)
+        self.pencil = psi_pencil(surface) if "psi_range" in surface.params else None
+        if self.pencil is not None and features == "invariant_dp":
+            raise ValueError("features: invariant_dp is of one member's dp, not of a psi family's: choose features: "
+                             "invariant or chart")
         if head == "bihomogeneous":
             if self.moduli_input:
                 raise ValueError("the bihomogeneous head is a polynomial in z: it takes no moduli input; choose another head")
@@ -111,7 +119,7 @@ class MetricModel(nn.Module):
                                      "choose head: phifs or features: invariant / chart")
                 d_in += surface.K
                 self.register_buffer("dp_scale", _dp_scale(surface))
-            d_in += len(sizes) if self.moduli_input else 0
+            d_in += (len(sizes) if self.pencil is None else 1) if self.moduli_input else 0
             d_out = 1 if head == "phifs" else self.m * self.m
             self.net = MLP(d_in, d_out, depth, width, activation, parametrization, sigma_w, sigma_b)
         self.compile = compile
@@ -140,13 +148,18 @@ class MetricModel(nn.Module):
             u = torch.cat([u, (dp_norm(self.surface, z) - self.dp_scale[0]) / self.dp_scale[1]], -1)
         if not self.moduli_input:
             return u
-        return torch.cat([u, self._moduli(kahler, len(z), z.device)], -1)
+        return torch.cat([u, self._moduli(z, kahler)], -1)
 
-    def _moduli(self, kahler: torch.Tensor | None, n: int, device) -> torch.Tensor:
-        """t per point [N, m]: the given ones, or the manifold's own."""
+    def _moduli(self, z: torch.Tensor, kahler: torch.Tensor | None) -> torch.Tensor:
+        """The moduli of each point z [N, D]: t [N, m] (the given ones, or the manifold's own), or on a psi family
+        psi [N, 1] (of each point's member)."""
+        if self.pencil is not None:
+            if kahler is not None:
+                raise ValueError("a psi family's network reads psi off the points: it takes no kahler")
+            return psi_of_points(self.pencil, z).real[:, None]
         if kahler is None:
-            return torch.tensor(self.surface.kahler, dtype=torch.float64, device=device).expand(n, -1)
-        return kahler.to(torch.float64).expand(n, -1)
+            return torch.tensor(self.surface.kahler, dtype=torch.float64, device=z.device).expand(len(z), -1)
+        return kahler.to(torch.float64).expand(len(z), -1)
 
     def network(self, z: torch.Tensor, kahler: torch.Tensor | None = None) -> torch.Tensor:
         """Scaled network output at z: [N, D] -> [N, d_out] (float64; computed in the model's precision)."""
@@ -175,7 +188,7 @@ class MetricModel(nn.Module):
                 mu, sd = self.dp_scale
                 jets = taylor.product_jets([jets, ((u - mu) / sd, du / sd, ddu / sd)])
         if self.moduli_input:  # t is constant along X
-            jets = taylor.product_jets([jets, taylor.constant_jets(self._moduli(kahler, len(z), z.device), J.shape[1])])
+            jets = taylor.product_jets([jets, taylor.constant_jets(self._moduli(z, kahler), J.shape[1])])
         u, du, ddu = (t.to(self.dtype) for t in jets)
         _, _, dd = self._run("ddbar", self._potential_jet, u, du, ddu)
         return taylor.hermitian_from_pairs(dd.double(), self.m)[..., 0]
@@ -186,13 +199,15 @@ class MetricModel(nn.Module):
         given when g is not differentiated in z (a point set's stored geometry saves recomputing it).
         kahler [N, m] (or [m]): the moduli t of each point, for a model of a family (moduli_input; g_FS is then
         that of J = sum t_i J_i); None: the manifold's own t."""
-        J = charts.pullback(self.surface, self.surface.gradient(z), patch, elim) if J is None else J
+        if J is None:
+            dp = self.surface.gradient(z) if self.pencil is None else psi_member_gradient(self.pencil, z)
+            J = charts.pullback(self.surface, dp, patch, elim)
         if g_fs is None:
             if kahler is None:
                 g_fs = charts.pull_back(J, charts.fs_metric(self.surface, z))
             else:
                 gs = charts.factor_metrics(self.surface, z, J)
-                g_fs = charts.kahler_metric(gs, self._moduli(kahler, len(z), z.device))
+                g_fs = charts.kahler_metric(gs, self._moduli(z, kahler))
         if self.head in POTENTIAL_HEADS:
             return g_fs + self.ddbar_phi(z, J, kahler)
         v = self.network(z, kahler)
