@@ -265,6 +265,9 @@ def figure(a: dict):
         ax.set_xscale("log", base=2)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
+    lims = [ax.get_ylim() for ax in axes[:-1]]
+    for ax in axes[:-1]:  # one scale for the parametrisations' panels
+        ax.set_ylim(min(lo for lo, _ in lims), max(hi for _, hi in lims))
     ax = axes[-1]
     for i, p in enumerate(params):
         s = a["parametrizations"][p]
