@@ -141,8 +141,8 @@ def test_bad_options_are_one_line(tmp_path, capsys):
 # ----------------------------------------------------------------------------- the measured leaderboard
 @pytest.mark.slow
 def test_measured_leaderboard_is_in_its_bands():
-    """bench/results/leaderboard.json (python bench/leaderboard.py), each measured preset: the finish does not hurt, every metric beats
-    g_FS, and chi agrees with the topological value within 5 Monte Carlo errors + 3%."""
+    """bench/results/leaderboard.json (python bench/leaderboard.py), each measured preset: the finish does not hurt,
+    every metric beats g_FS, and chi agrees with the topological value within 5 Monte Carlo errors + 3%."""
     path = ROOT / "bench" / "results" / "leaderboard.json"
     if not path.exists():
         pytest.skip(f"{path} has not been measured yet: run python bench/leaderboard.py")
