@@ -9,7 +9,8 @@ import yaml
 
 from mflow.cli.errors import run
 from mflow.cli.train import main as train_main
-from mflow.data.datamodule import PSI_MEMBERS, CYDataModule
+from mflow.data.datamodule import CYDataModule
+from mflow.data.psi_family import PSI_MEMBERS, member_psi
 from mflow.data.psi_family import FamilyPoints
 from mflow.evaluation import cli as evaluate_cli
 from mflow.evaluation.checkpoints import load_checkpoint, recorded_splits, train_points
@@ -32,12 +33,12 @@ def family(request):
 def test_every_point_lies_on_its_own_member(family):
     for s in ("train", "val", "test"):
         b = family.batch_of(s)
-        assert set(b["psi"].unique().tolist()) <= set(family.member_psi.tolist())
+        assert set(b["psi"].unique().tolist()) <= set(member_psi(family.psi_range).tolist())
         for psi in b["psi"].unique():
             on = b["psi"] == psi
             assert float(psi_member(family.surface, float(psi)).residual(b["z"][on]).max()) < 1e-12
-        others = b["psi"] != family.member_psi[0]  # and not on another member
-        assert float(psi_member(family.surface, float(family.member_psi[0])).residual(b["z"][others]).min()) > 1e-6
+        others = b["psi"] != member_psi(family.psi_range)[0]  # and not on another member
+        assert float(psi_member(family.surface, float(member_psi(family.psi_range)[0])).residual(b["z"][others]).min()) > 1e-6
 
 
 def test_kappa_per_member_against_that_member_alone(family):
@@ -45,7 +46,7 @@ def test_kappa_per_member_against_that_member_alone(family):
     Monte Carlo estimate on fresh points of that member alone; across the range it changes."""
     tr, kap = family.batch_of("train"), family.family["train"]["kappa"]
     val = family.batch_of("val")
-    for k, psi in enumerate(family.member_psi.tolist()):
+    for k, psi in enumerate(member_psi(family.psi_range).tolist()):
         on = tr["psi"] == psi
         own = volume.kappa(tr["weights"][on], volume.real_det(tr["g_fs"][on]), tr["omega_sq"][on])
         assert torch.allclose(kap[on], own, rtol=1e-12) and torch.allclose(val["kappa"][val["psi"] == psi], own)
@@ -68,7 +69,7 @@ def test_the_network_takes_psi_and_the_members_geometry(family):
     assert torch.allclose(model(p.z, p.patch, p.elim), stored, atol=1e-10)  # J of each point's own member
     flat = MetricModel(family.surface, head="phifs", depth=1, width=8, activation="gelu", moduli_input=True,
                        out_scale=0.0)  # g = g_FS: its Ricci measure on one member is that member's
-    psi = float(family.member_psi[-1])
+    psi = float(member_psi(family.psi_range)[-1])
     on = p[b["psi"] == psi][:40]
     ours = curvature.ricci_measure_on(flat, on, family.surface.dim)[0]
     ref = curvature.ricci_measure_on(curvature.fs_metric_fn(psi_member(family.surface, psi)), on, family.surface.dim)[0]

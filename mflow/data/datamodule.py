@@ -29,8 +29,7 @@ from mflow.geometry.volume import kappa, kappa_of_moduli, moduli_polynomial, rea
 from mflow.choices import Manifold, Population, check_choice
 
 from .population import check_population
-from .psi_family import PSI_MEMBERS  # noqa: F401 (re-exported)
-from .psi_family import check_family, family_columns, join_members, member_psi, member_sets
+from .psi_family import check_family, family_columns, join_members, member_sets
 from .samplers import ResumableLoader, ShardedBatchSampler
 from .pointset import (
     DEFAULT_CHUNK,
@@ -154,7 +153,7 @@ class CYDataModule(L.LightningDataModule):
         self.cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir)
         self.train = self.val = self.test = None
         self.family: dict[str, dict[str, torch.Tensor]] = {}
-        self.member: torch.Tensor | None = None  # a psi family's: each point's member (index into member_psi)
+        self.member: torch.Tensor | None = None  # a psi family's: each point's member (index into psi_family.member_psi)
         self.kappa_fs: float | None = None
         self.split_indices: dict[str, torch.Tensor] = {}
         self.points_file: Path | None = None  # the file the points were read from (None: sampled in memory)
@@ -168,11 +167,6 @@ class CYDataModule(L.LightningDataModule):
         if self.psi_range is None:
             return [(self.surface, self.n_points, self.seed)]
         return member_sets(self.surface, self.psi_range, self.n_points, self.seed)
-
-    @property
-    def member_psi(self) -> torch.Tensor:
-        """The psi of a psi family's members: [PSI_MEMBERS] float64, evenly spaced over psi_range."""
-        return member_psi(self.psi_range)
 
     @property
     def cache_path(self) -> Path | None:
