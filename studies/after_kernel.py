@@ -38,7 +38,7 @@ from mflow.data.pointset import sample_pointset  # noqa: E402
 from mflow.flows import NetworkFlow  # noqa: E402
 from mflow.evaluation.checkpoints import load_checkpoint, recorded_splits  # noqa: E402
 from mflow.io import pyplot, write_json, write_study  # noqa: E402
-from mflow.evaluation.after_kernel import after_kernel_flow, alignment, sigma  # noqa: E402
+from mflow.evaluation.after_kernel import after_kernel_flow, alignment, initial_network, sigma  # noqa: E402
 from mflow.ntk import cka, metric_ntk, relative_change  # noqa: E402
 
 TEST_SEED = 7_654_321
@@ -62,9 +62,8 @@ def train_network(cfg: dict, out: Path) -> Path:
 
 def network_at(run: Path, epochs_done: int) -> NetworkFlow:
     """The network after `epochs_done` epochs (0: at initialisation, rebuilt from the run's configuration)."""
-    if epochs_done == 0:  # on the run's manifold, which its checkpoints record (the model section does not)
-        init = yaml.safe_load((run / "config.yaml").read_text())["model"]["init_args"]
-        return NetworkFlow(load_checkpoint(run / "checkpoints" / "last.ckpt").surface, **init)
+    if epochs_done == 0:
+        return initial_network(run)
     return load_checkpoint(run / "epochs" / f"e{epochs_done - 1}.ckpt").module
 
 

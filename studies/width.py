@@ -47,9 +47,8 @@ from mflow.cli.options import Parser  # noqa: E402
 from mflow.cli.resume import study_run_arguments  # noqa: E402
 from mflow.cli.train import main as train  # noqa: E402
 from mflow.evaluation import fit_power_law, load_checkpoint  # noqa: E402
-from mflow.evaluation.after_kernel import after_kernel_flow, alignment  # noqa: E402
+from mflow.evaluation.after_kernel import after_kernel_flow, alignment, initial_network  # noqa: E402
 from mflow.evaluation.checkpoints import recorded_splits  # noqa: E402
-from mflow.flows import NetworkFlow  # noqa: E402
 from mflow.geometry.forms import NotPositiveDefiniteError  # noqa: E402
 from mflow.io import pyplot, write_json, write_study  # noqa: E402
 from mflow.ntk import NTKTooLarge, cka, metric_ntk, relative_change  # noqa: E402
@@ -110,12 +109,6 @@ def run_arm(cfg: dict, param: str, seed: int, width: int, arm: str, run_dir: Pat
             raise SystemExit(f"{run_dir}: train.py ended without its summary.json; delete that folder to rerun the run")
     s = json.loads(summary_path.read_text())
     return {"gain": s["gain"], "sigma_final": s["sigma_final"], "seconds_per_epoch": s["seconds_per_epoch"]}
-
-
-def initial_network(run_dir: Path) -> NetworkFlow:
-    """The run's network at initialisation, rebuilt from its config (model.init_seed fixes the weights)."""
-    init = yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["init_args"]
-    return NetworkFlow(load_checkpoint(run_dir / "checkpoints" / "last.ckpt").surface, **init)
 
 
 def probe_kernel(model, probe) -> torch.Tensor:

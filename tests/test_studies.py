@@ -24,6 +24,7 @@ def test_width_study_runs_every_arm_and_resumes(tmp_path, monkeypatch):
     """conf/studies/width.yaml at tiny sizes: every parametrisation x width has the four arms' test gains, the
     drift and alignments; the figures are recomputed independently (the network's gain from its checkpoint, the drift
     from the kernels at init and at the end); a second call retrains and re-measures nothing."""
+    from mflow.evaluation.after_kernel import initial_network
     from mflow.evaluation.checkpoints import load_checkpoint, recorded_splits
     from mflow.ntk import metric_ntk, relative_change
 
@@ -44,12 +45,12 @@ def test_width_study_runs_every_arm_and_resumes(tmp_path, monkeypatch):
     assert a["parametrizations"]["mup"]["test_gain"]["network"][1] == pytest.approx(gain, rel=1e-6)
     # the drift: the trace kernel of the rebuilt initial network against the trained one, on the probe points
     probe = recorded_splits(ck)["val"][:6]
-    K0 = metric_ntk(width.initial_network(run).model, probe, kind="trace")
+    K0 = metric_ntk(initial_network(run).model, probe, kind="trace")
     KT = metric_ntk(ck.module.model, probe, kind="trace")
     assert a["parametrizations"]["mup"]["drift"][1] == pytest.approx(relative_change(KT, K0), rel=1e-6)
     # the rebuilt initial network is the one the runs started from: theta_0 as the linearized run stored it
     lin = load_checkpoint(run.parent / "linearized" / "checkpoints" / "last.ckpt").module.model
-    init = width.initial_network(run).model
+    init = initial_network(run).model
     assert all(torch.equal(init.get_parameter(n), t) for n, t in lin.theta0().items()) and lin.theta0()
     assert "### ntk" in (out / "width_study.md").read_text() and (out / "width_study.png").stat().st_size > 1000
     assert json.loads((out / "width_study.json").read_text())["parametrizations"] == json.loads(json.dumps(a["parametrizations"]))

@@ -6,13 +6,24 @@ training, its "after kernel". Used by studies/after_kernel.py and studies/width.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+import yaml
 
 from mflow import losses
-from mflow.flows import FrozenKernelFlow
+from mflow.evaluation.checkpoints import load_checkpoint
+from mflow.flows import FrozenKernelFlow, NetworkFlow
 from mflow.geometry.forms import dual_components
 from mflow.kernels.network import NetworkNTK
 from mflow.ntk import ntk_vp
+
+
+def initial_network(run: Path) -> NetworkFlow:
+    """A train.py run's network at initialisation, rebuilt from its config.yaml (model.init_seed fixes the weights) on
+    the run's manifold, which its checkpoint records (the model section does not)."""
+    init = yaml.safe_load((Path(run) / "config.yaml").read_text())["model"]["init_args"]
+    return NetworkFlow(load_checkpoint(Path(run) / "checkpoints" / "last.ckpt").surface, **init)
 
 
 def sigma(points, g) -> float:
