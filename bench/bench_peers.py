@@ -379,6 +379,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="smoke run: 2k points, 2 epochs a side, 2 L-BFGS iterations")
     ap.add_argument("--cpu", type=int, default=None, help="pin both children to this core with taskset")
     ap.add_argument("--out", default=None, help="default bench/results/peers.json (peers-quick.json with --quick)")
+    ap.add_argument("--replot", action="store_true", help="cymetric: redraw docs/figures/peers_cymetric.png from --out")
     args = ap.parse_args()
     if args.peer == "cymetric":
         from peer_cymetric import main as cymetric_main

@@ -23,10 +23,10 @@ members already here, fermat_quintic and the non-Fermat dwork at psi = 1.5: a th
 fermat_quartic and fermat_cubic, a K3 surface and a torus (complex dimension 2 and 1, not threefolds: mflow's cheap
 test manifolds; the torus' chi = 0 has no relative difference).
 
-The default budget takes about 1.5 h on 2 cores (an estimate, not yet measured): training 30 epochs on 100k points,
-~5 min for the quintic (bench/results/peers.json) and ~6-7 min for each other preset (their configs) -> ~37 min; the
-finishes ~2-3 min each; each evaluation ~1 min, plus chi on 10000 points at ~20-35 ms a point for a 3x64 PhiFS
--> ~25 min.
+The default budget takes about 2 h on 2 cores: training ~5 min for the quintic (30 epochs, bench/results/peers.json)
+and ~10-12.5 min for each other preset (50 epochs of ~12-15 s; dwork 30) -> ~60 min; the finishes ~4-5 min each; each evaluation
+~1 min, plus chi on 10000 points (~4 min for a 3x64 PhiFS) -> ~30 min. Two processes of one thread each, on disjoint
+presets (--num_threads 1), share 2 cores without slowing each other much; each row records its threads.
 """
 from __future__ import annotations
 
@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 from mflow import configs  # noqa: E402
 from mflow.cli.options import Parser  # noqa: E402
 from mflow.cli.resume import study_run_arguments  # noqa: E402
+from mflow.cli.threads import default_threads  # noqa: E402
 from mflow.evaluation.euler import MIN_POINTS  # noqa: E402
 from mflow.io import atomic_write, write_json  # noqa: E402
 
@@ -68,7 +69,8 @@ COLUMNS = [
             "sampling system), on --euler_points fresh points"),
     ("chi top", "the topological Euler characteristic of X"),
     ("rel. diff", "(chi - chi top) / |chi top|"),
-    ("wall", "seconds of train + finish + evaluate (a resumed step: its last attempt)"),
+    ("wall", "seconds of train + finish + evaluate (a resumed step: its last attempt), with the torch threads the "
+             "steps ran on (--num_threads, else the fair share of the cores the leaderboard may use)"),
     ("peak mem", "largest peak resident memory of the steps' processes (MiB)"),
     ("peer", "a peer's test sigma (after Adam / after its L-BFGS) measured side by side on mflow's test points "
              "(bench/bench_peers.py)"),
@@ -97,6 +99,11 @@ def train_args(run: Path, config: Path, overrides: list[str], threads: list[str]
     a fresh start of one killed before its first checkpoint (mflow.cli.resume.study_run_arguments)."""
     return study_run_arguments(run, ["--config", str(config), f"--run_dir={run}", "--wandb=off",
                                      "--trainer.enable_progress_bar=false", *threads, *overrides])
+
+
+def step_threads(threads: list[str]) -> int:
+    """The torch threads a step runs on: its --num_threads, else the fair share it will take (mflow.cli.threads)."""
+    return int(threads[0].split("=")[1]) if threads else default_threads()
 
 
 def say(line: str) -> None:
@@ -133,7 +140,7 @@ def run_preset(preset: str, out: Path, settings: dict, threads: list[str]) -> di
         script, args = commands[step]
         argv = args()
         say(f"{preset}: {step}: {script} {' '.join(argv)}")
-        steps[step] = {**run_child(script, argv), "command": [script, *argv]}
+        steps[step] = {**run_child(script, argv), "command": [script, *argv], "threads": step_threads(threads)}
         write_json(steps_path, steps)
         say(f"{preset}: {step} done in {steps[step]['seconds']:.0f} s "
             f"(peak {steps[step]['max_rss_mib']:.0f} MiB)")
@@ -169,12 +176,19 @@ def row(preset: str, out: Path, settings: dict, steps: dict, results: Path = RES
         "seconds": {**{s: steps[s]["seconds"] for s in STEPS}, "total": sum(steps[s]["seconds"] for s in STEPS)},
         "max_rss_mib": {**{s: steps[s]["max_rss_mib"] for s in STEPS},
                         "max": max(steps[s]["max_rss_mib"] for s in STEPS)},
+        "threads": sorted({steps[s].get("threads") for s in STEPS}, key=str),
         "resumed": "--resume" in steps["train"]["command"], "run_dir": str(d), "peer": peer_figure(preset, results),
     }
 
 
 def _num(x, fmt: str) -> str:
     return "-" if x is None else format(x, fmt)
+
+
+def thread_label(r: dict) -> str:
+    """A row's thread count as the table shows it ("? thr": recorded before steps noted their threads)."""
+    t = [x for x in r.get("threads", []) if x is not None]
+    return f"{'/'.join(map(str, t)) or '?'} thr"
 
 
 def table(rows: list[dict]) -> str:
@@ -189,7 +203,7 @@ def table(rows: list[dict]) -> str:
         cells = [r["preset"], r["config"], f"{r['sigma_fs']:.4f}", f"{r['sigma_adam']:.4g}", f"{r['sigma_finish']:.4g}",
                  f"{r['gain']:.3g}", f"{_num(r['ricci'], '.3g')} ({_num(r['ricci_fs'], '.3g')})", chi,
                  str(e.get("topological", "-")), _num(m.get("relative_difference"), "+.1%"),
-                 f"{r['seconds']['total']:.0f}", f"{r['max_rss_mib']['max']:.0f}", peer]
+                 f"{r['seconds']['total']:.0f} ({thread_label(r)})", f"{r['max_rss_mib']['max']:.0f}", peer]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -263,7 +277,7 @@ def main(argv=None) -> list[dict]:
     threads = [] if a.num_threads is None else [f"--num_threads={a.num_threads}"]
     shared = {"train_args": [f"--{kv}" for kv in a.set], "iterations": a.iterations, "n_test": a.n_test,
               "euler_points": a.euler_points, "ricci_points": a.ricci_points, "out_dir": a.out_dir}
-    kept = merged_rows(a.results_json, shared, a.presets)  # checked before any work
+    merged_rows(a.results_json, shared, a.presets)  # its settings checked before any work
     command = "python bench/leaderboard.py" + "".join(f" {x}" for x in (argv if argv is not None else sys.argv[1:]))
     new = []
     for preset in a.presets:
@@ -271,6 +285,7 @@ def main(argv=None) -> list[dict]:
                     **{k: v for k, v in shared.items() if k != "out_dir"}}
         steps = run_preset(preset, out, settings, threads)
         new.append({**row(preset, out, settings, steps), "command": command})
+    kept = merged_rows(a.results_json, shared, a.presets)  # again: another process may have added rows meanwhile
     rows = sorted(kept + new, key=lambda r: PRESETS.index(r["preset"]))
     commands = list(dict.fromkeys(r.get("command", command) for r in rows))
     write_json(a.results_json, {"tool": "bench/leaderboard.py", "created": time.strftime("%Y-%m-%dT%H:%M:%S"),

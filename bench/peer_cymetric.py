@@ -2,7 +2,8 @@
 against mflow, same machine, one thread each. Run through ``python bench/bench_peers.py --peer cymetric``; not part
 of the test suite and never an mflow dependency (cymetric is GPL: it lives in its own virtualenv,
 .bench-venvs/cymetric, and nothing of it is in this repository). Writes bench/results/peers-cymetric.json
-(peers-cymetric-quick.json with --quick).
+(peers-cymetric-quick.json with --quick) and docs/figures/peers_cymetric.png (sigma against CPU-seconds; --replot
+redraws it from the JSON).
 
 Manifold: mflow's preset 'bicubic' (surface_seed 0, t = (1, 1)); its 100 monomials and coefficients are handed to
 cymetric's own point generator.
@@ -43,7 +44,7 @@ from bench_peers import ONE_THREAD, ROOT, TEST_SEED, mflow_side, sigma_with_se, 
 from mflow.data.cymetric import basis_dict
 from mflow.data.pointset import sample_pointset, save_pointset
 from mflow.geometry.presets import manifold
-from mflow.io import write_json
+from mflow.io import pyplot, write_json, write_png
 
 PEER_VENV = ROOT / ".bench-venvs" / "cymetric"
 INSTALL = ("python3.11 -m venv .bench-venvs/cymetric && .bench-venvs/cymetric/bin/pip install tensorflow-cpu==2.14.1 "
@@ -241,6 +242,23 @@ def compare(peer, ours):
     return {"points": rows, "mflow_lower_at_every_time": all(r["mflow"] < r["cymetric"] for r in rows) if rows else None}
 
 
+def plot(result: dict, path: Path) -> Path:
+    """Test sigma against CPU-seconds for both sides (log-log; mflow's L-BFGS finish as its last point)."""
+    fig, ax = pyplot().subplots(figsize=(6.4, 4.2))
+    sides = ([(f"cymetric (its notebook recipe, {result['cymetric']['recipe']['epochs']} epochs)", result["cymetric"])]
+             if "cymetric" in result else []) + \
+        [(f"mflow {Path(c).name}", m) for c, m in result.get("mflow", {}).items()]
+    for name, s in sides:
+        pts = [p for p in s["series"] if p["epoch"] != 0]  # after training started (log scale)
+        ax.plot([p["cpu"] for p in pts], [p["sigma"] for p in pts], marker=".", label=name)
+    ax.axhline(result["sigma_fs"], color="grey", ls=":", label="Fubini-Study")
+    ax.set(xscale="log", yscale="log", xlabel="CPU-seconds of training (one thread)", ylabel="test sigma",
+           title=f"bicubic, {result['test_points']['n']} shared test points")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return write_png(path, fig)
+
+
 def main(args):
     """``bench_peers.py --peer cymetric``: the options of bench_peers (module doc of this file)."""
     args.mflow_config = args.mflow_config or ["conf/bicubic.yaml"]
@@ -250,6 +268,10 @@ def main(args):
         n_test, args.peer_points = 2_000, 2_000
         args.epochs, args.peer_epochs, args.mflow_finish = args.epochs or 3, min(args.peer_epochs, 3), min(args.mflow_finish, 2)
     out = Path(args.out or ROOT / "bench" / "results" / ("peers-cymetric-quick.json" if args.quick else "peers-cymetric.json"))
+    figure = ROOT / "docs" / "figures" / "peers_cymetric.png"
+    if args.replot:
+        print(f"wrote {plot(json.loads(out.read_text()), figure)}")
+        return
     torch.set_num_threads(1)
     surface = manifold("bicubic")
     result = {"machine": {"cpu_count": os.cpu_count(), "loadavg_start": os.getloadavg(), "threads": 1, "taskset_cpu": args.cpu,
@@ -283,6 +305,8 @@ def main(args):
     result["notes"] = ("sigma: mflow's definition with mflow's weights on the same mflow-sampled test points; cpu: CPU-seconds "
                        "of each child from its first training step, excluding evaluations and point generation.")
     write_json(out, result)
+    if not args.quick:
+        plot(result, figure)
     for name, s in sides:
         curve = ", ".join(f"{p['cpu']:.0f}s:{p['sigma']:.4f}" for p in s["series"])
         print(f"{name:<28} sigma vs CPU-s: {curve}")

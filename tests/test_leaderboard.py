@@ -61,6 +61,7 @@ def test_both_files_have_every_column_and_the_killed_training_resumed(board):
         assert e["n"] == 200 and m["error"] > 0
         assert m["relative_difference"] == pytest.approx((m["chi"] - e["topological"]) / abs(e["topological"]))
         assert set(r["seconds"]) == {*leaderboard.STEPS, "total"} and min(r["max_rss_mib"].values()) > 50
+        assert r["threads"] == [1] and f"{r['seconds']['total']:.0f} (1 thr)" in leaderboard.table([r])
     quintic, bicubic = rows
     assert quintic["config"] == "conf/best.yaml" and bicubic["config"] == "conf/bicubic.yaml"
     assert quintic["euler"]["topological"] == -200 and bicubic["euler"]["topological"] == -162
