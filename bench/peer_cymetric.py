@@ -242,13 +242,17 @@ def compare(peer, ours):
     return {"points": rows, "mflow_lower_at_every_time": all(r["mflow"] < r["cymetric"] for r in rows) if rows else None}
 
 
+def sides(result: dict) -> list[tuple[str, dict]]:
+    """(name, measurements) of each side a result holds: cymetric, then each mflow config."""
+    return ([("cymetric", result["cymetric"])] if "cymetric" in result else []) + \
+        [(f"mflow {Path(c).name}", m) for c, m in result.get("mflow", {}).items()]
+
+
 def plot(result: dict, path: Path) -> Path:
     """Test sigma against CPU-seconds for both sides (log-log; mflow's L-BFGS finish as its last point)."""
     fig, ax = pyplot().subplots(figsize=(6.4, 4.2))
-    sides = ([(f"cymetric (its notebook recipe, {result['cymetric']['recipe']['epochs']} epochs)", result["cymetric"])]
-             if "cymetric" in result else []) + \
-        [(f"mflow {Path(c).name}", m) for c, m in result.get("mflow", {}).items()]
-    for name, s in sides:
+    for name, s in sides(result):
+        name += f" (its notebook recipe, {s['recipe']['epochs']} epochs)" if name == "cymetric" else ""
         pts = [p for p in s["series"] if p["epoch"] != 0]  # after training started (log scale)
         ax.plot([p["cpu"] for p in pts], [p["sigma"] for p in pts], marker=".", label=name)
     ax.axhline(result["sigma_fs"], color="grey", ls=":", label="Fubini-Study")
@@ -293,9 +297,7 @@ def main(args):
             result["cymetric"] = cymetric_side(args, test, surface, work)
         if not args.skip_mflow:
             result["mflow"] = {c: mflow_side(args, c, test_file, work) for c in args.mflow_config}
-    sides = ([("cymetric", result["cymetric"])] if "cymetric" in result else []) + \
-        [(f"mflow {Path(c).name}", m) for c, m in result.get("mflow", {}).items()]
-    for _, s in sides:
+    for _, s in sides(result):
         s["sigma_at_cpu"] = {str(t): at_cpu(s["series"], t) for t in MARKS_CPU}
     if "cymetric" in result:
         result["comparison"] = {c: compare(result["cymetric"]["series"], m["series"]) for c, m in result.get("mflow", {}).items()}
@@ -307,7 +309,7 @@ def main(args):
     write_json(out, result)
     if not args.quick:
         plot(result, figure)
-    for name, s in sides:
+    for name, s in sides(result):
         curve = ", ".join(f"{p['cpu']:.0f}s:{p['sigma']:.4f}" for p in s["series"])
         print(f"{name:<28} sigma vs CPU-s: {curve}")
     if "cymetric" in result:
