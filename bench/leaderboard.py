@@ -26,7 +26,7 @@ test manifolds; the torus' chi = 0 has no relative difference).
 The default budget takes about 2 h on 2 cores: training ~5 min for the quintic (30 epochs, bench/results/peers.json)
 and ~10-12.5 min for each other preset (50 epochs of ~12-15 s; dwork 30) -> ~60 min; the finishes ~4-5 min each; each evaluation
 ~1 min, plus chi on 10000 points (~4 min for a 3x64 PhiFS) -> ~30 min. Two processes of one thread each, on disjoint
-presets (--num_threads 1), share 2 cores without slowing each other much; each row records its threads.
+presets (--num_threads 1), is how the rows of 2026-12-03 were made; each row records its threads.
 """
 from __future__ import annotations
 
@@ -101,17 +101,14 @@ def train_args(run: Path, config: Path, overrides: list[str], threads: list[str]
                                      "--trainer.enable_progress_bar=false", *threads, *overrides])
 
 
-def step_threads(threads: list[str]) -> int:
-    """The torch threads a step runs on: its --num_threads, else the fair share it will take (mflow.cli.threads)."""
-    return int(threads[0].split("=")[1]) if threads else default_threads()
-
-
 def say(line: str) -> None:
     print(f"[leaderboard] {line}", flush=True)  # before the children's own lines
 
 
-def run_preset(preset: str, out: Path, settings: dict, threads: list[str]) -> dict:
-    """The four steps of one preset (module doc), each done once; returns steps.json."""
+def run_preset(preset: str, out: Path, settings: dict, num_threads: int | None) -> dict:
+    """The four steps of one preset (module doc), each done once, on num_threads torch threads (None: each step's
+    fair share, mflow.cli.threads); returns steps.json."""
+    threads = [] if num_threads is None else [f"--num_threads={num_threads}"]
     d = out / preset
     record = d / "leaderboard_args.json"
     if not record.exists():
@@ -140,7 +137,7 @@ def run_preset(preset: str, out: Path, settings: dict, threads: list[str]) -> di
         script, args = commands[step]
         argv = args()
         say(f"{preset}: {step}: {script} {' '.join(argv)}")
-        steps[step] = {**run_child(script, argv), "command": [script, *argv], "threads": step_threads(threads)}
+        steps[step] = {**run_child(script, argv), "command": [script, *argv], "threads": num_threads or default_threads()}
         write_json(steps_path, steps)
         say(f"{preset}: {step} done in {steps[step]['seconds']:.0f} s "
             f"(peak {steps[step]['max_rss_mib']:.0f} MiB)")
@@ -274,7 +271,6 @@ def main(argv=None) -> list[dict]:
     if min(a.n_test, a.iterations) < 1 or a.euler_points < MIN_POINTS or a.ricci_points < 0:
         p.error(f"--n_test and --iterations must be >= 1, --euler_points >= {MIN_POINTS}, --ricci_points >= 0")
     out = Path(a.out_dir)
-    threads = [] if a.num_threads is None else [f"--num_threads={a.num_threads}"]
     shared = {"train_args": [f"--{kv}" for kv in a.set], "iterations": a.iterations, "n_test": a.n_test,
               "euler_points": a.euler_points, "ricci_points": a.ricci_points, "out_dir": a.out_dir}
     merged_rows(a.results_json, shared, a.presets)  # its settings checked before any work
@@ -283,7 +279,7 @@ def main(argv=None) -> list[dict]:
     for preset in a.presets:
         settings = {"config": f"conf/{preset_config(preset).relative_to(configs.conf_dir())}",
                     **{k: v for k, v in shared.items() if k != "out_dir"}}
-        steps = run_preset(preset, out, settings, threads)
+        steps = run_preset(preset, out, settings, a.num_threads)
         new.append({**row(preset, out, settings, steps), "command": command})
     kept = merged_rows(a.results_json, shared, a.presets)  # again: another process may have added rows meanwhile
     rows = sorted(kept + new, key=lambda r: PRESETS.index(r["preset"]))
