@@ -23,10 +23,9 @@ members already here, fermat_quintic and the non-Fermat dwork at psi = 1.5: a th
 fermat_quartic and fermat_cubic, a K3 surface and a torus (complex dimension 2 and 1, not threefolds: mflow's cheap
 test manifolds; the torus' chi = 0 has no relative difference).
 
-The default budget takes about 2 h on 2 cores: training ~5 min for the quintic (30 epochs, bench/results/peers.json)
-and ~10-12.5 min for each other preset (50 epochs of ~12-15 s; dwork 30) -> ~60 min; the finishes ~4-5 min each; each evaluation
-~1 min, plus chi on 10000 points (~4 min for a 3x64 PhiFS) -> ~30 min. Two processes of one thread each, on disjoint
-presets (--num_threads 1), is how the rows of 2026-12-03 were made; each row records its threads.
+Measured on 2026-12-03 (each row records its threads): 9,220 s of one-thread work for the six presets (the quintic
+680 s, dwork 1,270 s, each product 1,730-1,920 s: training 940-1,000 s, the finish ~400 s, chi on 10000 points
+~7 min), made as two processes of one thread each on disjoint presets (--num_threads 1), so ~80 min on 2 cores.
 """
 from __future__ import annotations
 
