@@ -187,14 +187,22 @@ def mean(xs):
 
 
 def analyse(rows: list[dict], widths: list[int], params: list[str], arms: list[str]) -> dict:
-    """Per parametrisation: each arm's test gain against width (geometric mean over seeds), the network's gain over
-    its frozen NTK and over its linearisation, the drift (relative change, 1 - CKA) with fitted exponents, the
-    kernels' alignments (mean over seeds)."""
+    """Per parametrisation: each arm's test gain against width (geometric mean over seeds, and its range), the
+    network's gain over its frozen NTK and over its linearisation, the drift (relative change, 1 - CKA) with fitted
+    exponents, the kernels' alignments (mean over seeds)."""
     def series(p, get, average=geometric_mean):
         return [average([get(r) for r in rows if r["parametrization"] == p and r["width"] == w]) for w in widths]
 
     def ratio(a, b):
         return lambda r: r["test_gain"][a] / r["test_gain"][b] if a in r["test_gain"] and b in r["test_gain"] else None
+
+    def spread(p, a):
+        """Per width: [least, largest] of the arm's test gain over seeds; None with fewer than two seeds."""
+        out = []
+        for w in widths:
+            xs = [r["test_gain"][a] for r in rows if r["parametrization"] == p and r["width"] == w and a in r["test_gain"]]
+            out.append([min(xs), max(xs)] if len(xs) > 1 else None)
+        return out
 
     res = {"widths": widths, "seeds": sorted({r["seed"] for r in rows}), "parametrizations": {}}
     for p in params:
@@ -202,6 +210,7 @@ def analyse(rows: list[dict], widths: list[int], params: list[str], arms: list[s
         one_minus_cka = series(p, lambda r: 1 - r["drift"]["cka"] if r.get("drift") else None)
         res["parametrizations"][p] = {
             "test_gain": {a: series(p, lambda r, a=a: r["test_gain"].get(a)) for a in [*arms, *KERNEL_ARMS]},
+            "test_gain_range": {a: spread(p, a) for a in [*arms, *KERNEL_ARMS]},
             "network_over_frozen_ntk": series(p, ratio("network", "frozen_ntk")),
             "network_over_linearized": series(p, ratio("network", "linearized")),
             "after_kernel_over_frozen_ntk": series(p, ratio("after_kernel", "frozen_ntk")),
@@ -226,14 +235,21 @@ def table(a: dict) -> str:
     def f(v):
         return "-" if v is None else f"{v:.3g}"
 
+    def gain(v, lo_hi):
+        return f(v) if lo_hi is None else f"{f(v)} ({f(lo_hi[0])}-{f(lo_hi[1])})"
+
     out = []
     for p, s in a["parametrizations"].items():
         arms = list(s["test_gain"])
         head = (["width"] + [f"test gain: {x}" for x in arms] + ["network / frozen NTK", "network / linearized",
                 "NTK drift", "1 - CKA", "alignment at init", "alignment at end"])
-        out += [f"### {p}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        out += [f"### {p}", ""]
+        if len(a["seeds"]) > 1:
+            out += [f"Seeds {a['seeds']}: gains, ratios and drifts are geometric means over the seeds (test gains: their"
+                    " range in brackets), alignments arithmetic means.", ""]
+        out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for i, w in enumerate(a["widths"]):
-            cells = ([str(w)] + [f(s["test_gain"][x][i]) for x in arms]
+            cells = ([str(w)] + [gain(s["test_gain"][x][i], s["test_gain_range"][x][i]) for x in arms]
                      + [f(s[k][i]) for k in ("network_over_frozen_ntk", "network_over_linearized", "drift", "one_minus_cka")]
                      + [f(s["alignment"][k][i]) for k in KERNEL_ARMS])
             out.append("| " + " | ".join(cells) + " |")
@@ -244,17 +260,28 @@ def table(a: dict) -> str:
 
 
 def figure(a: dict):
-    """One panel per parametrisation (test gain against width, per arm), and one of the drift with fits."""
+    """One panel per parametrisation (test gain against width, per arm; bars: the range over seeds), and one of the
+    drift with fits."""
     plt = pyplot()
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
     params = list(a["parametrizations"])
     fig, axes = plt.subplots(1, len(params) + 1, figsize=(4.2 * (len(params) + 1), 4))
     w = a["widths"]
+    args = a.get("config", {}).get("args", {})
+    optimizer = f": {args['model.optimizer']}, lr {args['model.lr']}" if "model.optimizer" in args else ""
     for ax, p in zip(axes, params):
-        for i, (arm, ys) in enumerate(a["parametrizations"][p]["test_gain"].items()):
-            pts = [(x, y) for x, y in zip(w, ys) if y is not None]
+        s = a["parametrizations"][p]
+        for i, (arm, ys) in enumerate(s["test_gain"].items()):
+            pts = [(x, y, r) for x, y, r in zip(w, ys, s["test_gain_range"][arm]) if y is not None]
             if pts:
-                ax.plot(*zip(*pts), marker="o", color=f"C{i}", label=arm)
-        ax.set(yscale="log", xlabel="width", ylabel="test gain sigma_FS / sigma", title=p)
+                xs, ys, rs = zip(*pts)
+                err = [[y - (r or (y, y))[0] for y, r in zip(ys, rs)], [(r or (y, y))[1] - y for y, r in zip(ys, rs)]]
+                ax.errorbar(xs, ys, yerr=err, marker="o", color=f"C{i}", capsize=3, label=arm)
+        ax.set(yscale="log", xlabel="width", ylabel="test gain sigma_FS / sigma", title=p + optimizer)
+        ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xscale("log", base=2)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)

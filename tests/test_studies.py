@@ -29,7 +29,7 @@ def test_width_study_runs_every_arm_and_resumes(tmp_path, monkeypatch):
     from mflow.ntk import metric_ntk, relative_change
 
     out = tmp_path / "study"
-    args = ["--out_dir", str(out), "--widths", "8", "16", "--set", *TINY[:3], TINY_KERNELS]
+    args = ["--out_dir", str(out), "--widths", "8", "16", "--seeds", "0", "--set", *TINY[:3], TINY_KERNELS]
     a = width.main(args)
     assert list(a["parametrizations"]) == ["standard", "ntk", "mup"] and a["widths"] == [8, 16]
     for p, s in a["parametrizations"].items():
@@ -66,7 +66,7 @@ def test_width_study_runs_every_arm_and_resumes(tmp_path, monkeypatch):
 def test_killed_width_study_resumes_from_the_killed_run(tmp_path, monkeypatch):
     """A run killed mid-training (its last.ckpt written, no summary) is resumed from that checkpoint, finished runs
     are not touched, and the result equals an uninterrupted study's."""
-    base = ["--widths", "8", "--parametrizations", "mup", "--arms", "network", "--set", "data.n_points=600",
+    base = ["--widths", "8", "--seeds", "0", "--parametrizations", "mup", "--arms", "network", "--set", "data.n_points=600",
             "data.batch_size=100", "trainer.max_epochs=2", TINY_KERNELS]
     whole = width.main(["--out_dir", str(tmp_path / "whole"), *base])
     out = tmp_path / "killed"
@@ -88,7 +88,7 @@ def test_killed_width_study_resumes_from_the_killed_run(tmp_path, monkeypatch):
 
 def test_width_study_restarts_a_run_killed_before_its_first_checkpoint(tmp_path):
     """A run killed before any checkpoint (its config.yaml written, nothing to resume) starts afresh and finishes."""
-    base = ["--out_dir", str(tmp_path), "--widths", "8", "--parametrizations", "ntk", "--arms", "network",
+    base = ["--out_dir", str(tmp_path), "--widths", "8", "--seeds", "0", "--parametrizations", "ntk", "--arms", "network",
             "--set", *TINY, TINY_KERNELS]
     first = width.main(base)
     run = tmp_path / "ntk" / "seed0" / "w8" / "network"
@@ -116,6 +116,24 @@ def test_width_study_report_trains_nothing(tmp_path, monkeypatch):
     assert all(r["errors"] == {"network": "not run yet", "linearized": "not run yet"} for r in a["rows"])
     assert a["parametrizations"]["ntk"]["test_gain"]["network"] == [None, None]
     assert not list(tmp_path.glob("ntk/*/*/*/study_args.json"))
+
+
+def test_width_study_averages_seeds_and_shows_their_range():
+    """Two seeds: gains and their ratios are geometric means (sqrt(a b)), the table and JSON carry each test gain's
+    range over seeds; alignments are arithmetic means; one seed has no range."""
+    rows = [{"parametrization": "mup", "seed": s, "width": 64, "errors": {},
+             "test_gain": {"network": g, "frozen_ntk": k}, "alignment": {"frozen_ntk": c, "after_kernel": c},
+             "drift": {"relative_change": d, "cka": 0.5}}
+            for s, g, k, c, d in ((0, 32.0, 1.0, 0.1, 1.0), (1, 18.0, 4.0, 0.3, 4.0))]
+    a = width.analyse(rows, [64], ["mup"], ["network"])
+    s = a["parametrizations"]["mup"]
+    assert s["test_gain"]["network"] == [pytest.approx(24.0)] and s["test_gain_range"]["network"] == [[18.0, 32.0]]
+    assert s["network_over_frozen_ntk"] == [pytest.approx(((32 / 1) * (18 / 4)) ** 0.5)]
+    assert s["drift"] == [pytest.approx(2.0)] and s["alignment"]["frozen_ntk"] == [pytest.approx(0.2)]
+    assert "| 64 | 24 (18-32) | 2 (1-4) | - |" in width.table(a) and "Seeds [0, 1]" in width.table(a)
+    one = width.analyse(rows[:1], [64], ["mup"], ["network"])
+    assert one["parametrizations"]["mup"]["test_gain_range"]["network"] == [None]
+    assert "| 64 | 32 | 1 | - |" in width.table(one) and "Seeds" not in width.table(one)
 
 
 def test_width_study_config_is_checked(tmp_path):
@@ -162,7 +180,7 @@ def test_width_study_records_a_failed_run_and_does_not_rerun_it(tmp_path, monkey
         raise NotPositiveDefiniteError("the metric is not positive definite at 3 of 100 points (step 7)")
 
     monkeypatch.setattr(width, "train", fail)
-    args = ["--out_dir", str(tmp_path), "--widths", "8", "--arms", "network", "--parametrizations", "ntk"]
+    args = ["--out_dir", str(tmp_path), "--widths", "8", "--seeds", "0", "--arms", "network", "--parametrizations", "ntk"]
     a = width.main(args)
     row = a["rows"][0]
     assert row["test_gain"] == {} and "positive definite" in row["errors"]["network"]
